@@ -1,0 +1,222 @@
+"""One typed ``TrainConfig``: defaults <- recipe YAML <- user's config file <- flags.
+
+The config is resolved once, written to ``runs/<name>/config.yaml`` and passed down as a
+value; nothing below the CLI reads flags or files to change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "ConfigError", "load_recipe", "list_recipes", "resolve_config"]
+
+
+class ConfigError(ValueError):
+    """A config key or value a user gave is wrong; the message names it."""
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train on what
+    model: str = "alexnet_cifar"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {grouped: false}
+    dataset: str = "digits"
+    data: str | None = None  # dataset root folder
+    download: bool = False
+    train_split: str = "train"  # flowers102: seed 003 trains on "test"
+    val_split: str = "val"  # "val" = held out of train by val_fraction (or the set's own)
+    val_fraction: float = 0.1
+    image_size: int | None = None  # network input; None = the model's native size
+    load_size: int | None = None  # stored size before augmentation; None = automatic
+    mean: str | list[float] = "dataset"  # "dataset", "imagenet", or explicit per channel
+    std: str | list[float] = "dataset"
+    augment: list[str] = field(default_factory=lambda: ["random_crop:4", "hflip"])
+    skip_bad_images: bool = False
+    # --- model details
+    dropout: float | None = None  # None = the variant's default
+    init: str = "default"  # default | xavier | paper
+    # --- optimisation
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    scheduler: str = "onecycle"  # none | step | plateau | cosine | onecycle
+    step_size: int = 30  # step: epochs between decays
+    gamma: float = 0.1  # step / plateau: decay factor
+    plateau_patience: int = 5
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    # --- evaluation
+    tta: str = "none"  # none | flip | ten-crop
+    eval_every: int = 1
+    # --- where and how fast
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool | None = None  # None = on for conv nets where it helps
+    compile: bool = False
+    threads: int | None = None
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    # --- outputs
+    run_dir: str = "runs"
+    name: str | None = None  # run folder name; None = <recipe or model>-<dataset>-<time>
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+    # --- transfer learning
+    init_from: str | None = None  # a weights file or "imagenet"
+    freeze: str | None = None  # None | features
+    unfreeze_after: int | None = None
+    backbone_lr_scale: float = 1.0
+    # --- bookkeeping
+    recipe: str | None = None
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """True when ``value`` fits the (string) annotation of a TrainConfig field."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    clean = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in _HINTS:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key {key!r}{hint}")
+        if not _type_ok(value, _HINTS[key]):
+            expected = str(_HINTS[key]).replace("typing.", "")
+            raise ConfigError(
+                f"{where}: {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+            )
+        if _HINTS[key] is float and isinstance(value, int):
+            value = float(value)
+        clean[key] = value
+    return clean
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, "epochs", "must be at least 1"),
+        (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
+        (cfg.lr > 0, "lr", "must be positive"),
+        (0.0 <= cfg.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
+        (0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"),
+        (cfg.weight_decay >= 0, "weight_decay", "must be >= 0"),
+        (cfg.workers >= 0, "workers", "must be >= 0"),
+        (cfg.image_size is None or cfg.image_size >= 1, "image_size", "must be positive"),
+        (cfg.optimizer in ("sgd", "adamw"), "optimizer", "must be sgd or adamw"),
+        (
+            cfg.scheduler in ("none", "step", "plateau", "cosine", "onecycle"),
+            "scheduler",
+            "must be one of none, step, plateau, cosine, onecycle",
+        ),
+        (cfg.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "must be auto, fp32, bf16 or fp16"),
+        (cfg.tta in ("none", "flip", "ten-crop"), "tta", "must be none, flip or ten-crop"),
+        (cfg.init in ("default", "xavier", "paper"), "init", "must be default, xavier or paper"),
+        (cfg.freeze in (None, "features"), "freeze", "must be features (or unset)"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"{key} {why}, got {getattr(cfg, key)!r}")
+
+
+def list_recipes() -> list[str]:
+    """Names of the bundled recipes (``src/alexnet/recipes/*.yaml``)."""
+    folder = resources.files("alexnet") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe's raw YAML mapping, including its ``published`` block (not a config key)."""
+    path = resources.files("alexnet") / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_recipes(), n=3, cutoff=0.3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown recipe {name!r}{hint} (available: {', '.join(list_recipes())})"
+        )
+    return _read_yaml(path.read_text(), f"recipe {name}")
+
+
+def resolve_config(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults, then the recipe, then a user's YAML file, then explicit overrides."""
+    values: dict[str, Any] = {}
+    if recipe is None and config_file is None:
+        recipe = "digits"
+    if recipe is not None:
+        data = load_recipe(recipe)
+        data.pop("published", None)
+        data.pop("description", None)
+        values.update(_check_overrides(data, f"recipe {recipe}"))
+        values["recipe"] = recipe
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        values.update(_check_overrides(_read_yaml(path.read_text(), str(path)), str(path)))
+    if overrides:
+        values.update(_check_overrides({k: v for k, v in overrides.items()}, "option"))
+    cfg = TrainConfig(**values)
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    cfg = TrainConfig(**_check_overrides(data, where))
+    _validate(cfg)
+    return cfg

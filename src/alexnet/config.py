@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 __all__ = ["TrainConfig", "ConfigError", "load_recipe", "list_recipes", "resolve_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key or value a user gave is wrong; the message names it."""
 
 
@@ -147,7 +149,11 @@ def _validate(cfg: TrainConfig) -> None:
             "scheduler",
             "must be one of none, step, plateau, cosine, onecycle",
         ),
-        (cfg.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "must be auto, fp32, bf16 or fp16"),
+        (
+            cfg.precision in ("auto", "fp32", "bf16", "fp16"),
+            "precision",
+            "must be auto, fp32, bf16 or fp16",
+        ),
         (cfg.tta in ("none", "flip", "ten-crop"), "tta", "must be none, flip or ten-crop"),
         (cfg.init in ("default", "xavier", "paper"), "init", "must be default, xavier or paper"),
         (cfg.freeze in (None, "features"), "freeze", "must be features (or unset)"),
@@ -179,9 +185,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     if not path.is_file():
         close = difflib.get_close_matches(name, list_recipes(), n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"unknown recipe {name!r}{hint} (available: {', '.join(list_recipes())})"
-        )
+        raise ConfigError(f"unknown recipe {name!r}{hint} (available: {', '.join(list_recipes())})")
     return _read_yaml(path.read_text(), f"recipe {name}")
 
 

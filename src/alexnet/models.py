@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
+
 __all__ = [
     "AlexNet",
     "AlexNetPaper",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class InputTooSmallError(ValueError):
+class InputTooSmallError(UserError, ValueError):
     """The spatial size of an input is below what a variant's pooling stack can take."""
 
 
@@ -246,7 +248,10 @@ class AlexNetBN(_SizeChecked):
         self.conv5 = _bn_conv(384, 256, 3, 1, 1, True, dropout)  # (B, 256, 6, 6)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.fc6 = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True), nn.BatchNorm1d(4096), nn.Dropout(dropout)
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(4096),
+            nn.Dropout(dropout),
         )
         self.fc7 = nn.Sequential(
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.BatchNorm1d(4096), nn.Dropout(dropout)
@@ -443,19 +448,35 @@ def register_model(
 
 
 register_model(
-    "alexnet", AlexNet, source="torchvision / 'One weird trick' (2014)", in_channels=3, num_classes=1000
+    "alexnet",
+    AlexNet,
+    source="torchvision / 'One weird trick' (2014)",
+    in_channels=3,
+    num_classes=1000,
 )
 register_model(
-    "alexnet_paper", AlexNetPaper, source="Krizhevsky et al. (2012)", in_channels=3, num_classes=1000
+    "alexnet_paper",
+    AlexNetPaper,
+    source="Krizhevsky et al. (2012)",
+    in_channels=3,
+    num_classes=1000,
 )
 register_model(
-    "alexnet_bn", AlexNetBN, source="BatchNorm AlexNet (seed 001, fixed)", in_channels=3, num_classes=1000
+    "alexnet_bn",
+    AlexNetBN,
+    source="BatchNorm AlexNet (seed 001, fixed)",
+    in_channels=3,
+    num_classes=1000,
 )
 register_model(
     "alexnet_d2l", AlexNetD2L, source="Dive into Deep Learning, 7.1", in_channels=1, num_classes=10
 )
 register_model(
-    "alexnet_cifar", AlexNetCifar, source="ours: AlexNet shape for 32x32", in_channels=3, num_classes=10
+    "alexnet_cifar",
+    AlexNetCifar,
+    source="ours: AlexNet shape for 32x32",
+    in_channels=3,
+    num_classes=10,
 )
 
 
@@ -473,7 +494,7 @@ def model_info(name: str) -> ModelInfo:
 
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise UserError(
             f"unknown model {name!r}{hint} (available: {', '.join(_REGISTRY)})"
         ) from None
 

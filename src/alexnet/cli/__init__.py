@@ -1,0 +1,62 @@
+"""The ``alexnet`` command: a thin argparse shell over the library.
+
+Each command group lives in its own module with ``register(subparsers)``, which adds its
+subcommands and sets ``func`` (a function of the parsed args returning an exit status).
+A :class:`alexnet.errors.UserError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+
+# Command-group modules, in the order their commands appear in ``alexnet --help``.
+_GROUPS = ["train", "inspect", "use", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="The AlexNet toolkit: models, training, evaluation and the tools around them.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in _GROUPS:
+        try:
+            module = importlib.import_module(f"{__name__}.{group}")
+        except ModuleNotFoundError as e:  # a group not written yet
+            if e.name != f"{__name__}.{group}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"alexnet {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

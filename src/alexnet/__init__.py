@@ -1,7 +1,20 @@
 """alexnet: the AlexNet toolkit for PyTorch."""
 
-from .models import get_model, list_models, model_info
+from .models import count_parameters, get_model, list_models, model_info
+from .summary import explain, summarize, trace
+from .weights import ModelMeta, imagenet_meta, load_model_file, load_weights, save_model_file
 
 __version__ = "0.1.0"
 
 __all__ = ["get_model", "list_models", "model_info", "__version__"]
+__all__ += [
+    "count_parameters",
+    "explain",
+    "summarize",
+    "trace",
+    "ModelMeta",
+    "imagenet_meta",
+    "load_model_file",
+    "load_weights",
+    "save_model_file",
+]

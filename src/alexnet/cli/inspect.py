@@ -1,0 +1,127 @@
+"""``alexnet models`` and ``alexnet summary``: what the variants are and what is inside them."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+import torch
+
+from ..errors import UserError
+from ..models import count_parameters, list_models, model_info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the AlexNet variants",
+        description="The registered variants: source, parameters at their default number of "
+        "classes, native and minimum input size.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser(
+        "summary",
+        help="layer table of a variant (shapes, parameters, mult-adds)",
+        description="The layer table of a variant from torchinfo (output shape, parameters, "
+        "mult-adds, totals) for one image.",
+    )
+    p.add_argument("variant", metavar="VARIANT", help="a name from `alexnet models`")
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("C", "H", "W"),
+        help="input channels, height and width (default: the variant's own, e.g. 3 224 224)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="size of the last layer (default: the variant's)",
+    )
+    p.add_argument(
+        "--trace", action="store_true", help="also print each layer's output shape in forward order"
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show floor((W - K + 2P) / S) + 1 for every conv and pool",
+    )
+    p.set_defaults(func=cmd_summary)
+
+
+def models_table() -> list[dict]:
+    """One row per variant; parameters counted on the meta device (no memory, no init time)."""
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        kwargs = {"num_classes": info.default_num_classes, "in_channels": info.default_in_channels}
+        if "paper_init" in inspect.signature(info.builder).parameters:
+            # values do not matter for counting, and normal_ on meta imports torch._dynamo (2 s)
+            kwargs["paper_init"] = False
+        with torch.device("meta"):
+            model = info.builder(**kwargs)
+        rows.append(
+            {
+                "name": name,
+                "source": info.source,
+                "parameters": count_parameters(model),
+                "num_classes": info.default_num_classes,
+                "in_channels": info.default_in_channels,
+                "native_input_size": info.native_input_size,
+                "min_input_size": info.min_input_size,
+            }
+        )
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = models_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("name", "source", "parameters", "classes", "native input", "min input")]
+    for r in rows:
+        c, n, m = r["in_channels"], r["native_input_size"], r["min_input_size"]
+        table.append(
+            (
+                r["name"],
+                r["source"],
+                f"{r['parameters']:,}",
+                str(r["num_classes"]),
+                f"{c}x{n}x{n}",
+                f"{m}x{m}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {2, 3}  # numbers right-aligned
+    for row in table:
+        cells = [
+            f"{cell:>{widths[i]}}" if i in right else f"{cell:<{widths[i]}}"
+            for i, cell in enumerate(row)
+        ]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from ..models import get_model
+    from ..summary import explain, format_trace, summarize
+
+    info = model_info(args.variant)  # unknown names fail here, with close matches
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = get_model(info.name, **kwargs)  # built once for all three views
+    size = tuple(args.input_size) if args.input_size else None
+    print(summarize(model, size))
+    if args.trace:
+        print()
+        print(format_trace(model, size))
+    if args.explain:
+        print()
+        print(explain(model, size))
+    return 0

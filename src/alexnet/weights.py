@@ -1,0 +1,468 @@
+"""Loading and saving weights without ever unpickling code.
+
+Three kinds of file come in:
+
+* bare weights: a ``.safetensors`` file or a ``.pth``/``.pt`` state dict (torchvision's,
+  ours, one saved from a ``DistributedDataParallel`` or ``torch.compile`` wrapper, or a
+  training checkpoint dict whose ``"model"`` holds the state dict) -> :func:`load_weights`;
+* a model file: ``model.safetensors`` whose metadata says which variant to build, or a
+  checkpoint ``.pt`` with ``"model"`` and ``"meta"`` -> :func:`load_model_file`;
+* named pretrained weights (``"IMAGENET1K_V1"`` for ``alexnet``, from torchvision's weights
+  entry and the torch hub cache) -> :func:`apply_named_weights`, used by
+  ``get_model(name, weights=...)``.
+
+``.pt``/``.pth`` files are always read with ``torch.load(weights_only=True)``: a pickle that
+needs to run code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+__all__ = [
+    "MODEL_FILE_FORMAT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelMeta",
+    "apply_named_weights",
+    "imagenet_meta",
+    "load_model_file",
+    "load_state_dict_file",
+    "load_weights",
+    "save_model_file",
+]
+
+MODEL_FILE_FORMAT = "alexnet.model/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Wrappers that prefix every key: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Names that select torchvision's AlexNet_Weights.IMAGENET1K_V1.
+_IMAGENET_NAMES = {"IMAGENET1K_V1", "DEFAULT", "ALEXNET_WEIGHTS.IMAGENET1K_V1"}
+_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".tar"}
+
+
+@dataclass
+class ModelMeta:
+    """What is needed to rebuild a trained model and feed it: stored with its weights."""
+
+    variant: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    classes: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    model_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (lists, not tuples), safe for ``torch.load(weights_only=True)``."""
+        d = asdict(self)
+        d["classes"] = [str(c) for c in self.classes]
+        d["mean"] = [float(v) for v in self.mean]
+        d["std"] = [float(v) for v in self.std]
+        d["model_kwargs"] = json.loads(json.dumps(self.model_kwargs))  # tuples -> lists
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelMeta:
+        required = ("variant", "num_classes", "in_channels", "image_size")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise WeightsError(f"model metadata lacks {', '.join(missing)}; the file is damaged")
+        return cls(
+            variant=str(d["variant"]),
+            num_classes=int(d["num_classes"]),
+            in_channels=int(d["in_channels"]),
+            image_size=int(d["image_size"]),
+            classes=[str(c) for c in d.get("classes", [])],
+            mean=[float(v) for v in d.get("mean", [])],
+            std=[float(v) for v in d.get("std", [])],
+            model_kwargs=dict(d.get("model_kwargs", {})),
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Reading files.
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # SafetensorError, OSError, ...: all mean "not a usable file"
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({_first_line(e)})"
+        ) from None
+    return tensors, metadata
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    """The useful line of torch's weights_only refusal (e.g. 'unsupported GLOBAL posix.system')."""
+    lines = str(e).splitlines()[1:]  # the first line is the same boilerplate every time
+    for line in lines:
+        line = line.split("WeightsUnpickler error:", 1)[-1].strip()
+        if line and not line.startswith(("Please file", "Check the documentation")):
+            return line[:120]
+    return "a weights_only load failed"
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # e.g. "invalid load key": not a pickle
+            raise WeightsError(
+                f"{path} is not a PyTorch weights file ({_first_line(e, 100)})"
+            ) from None
+        # weights_only refuses any global or opcode it does not know: the file could run code.
+        raise WeightsError(
+            f"{path} was refused: it is a pickle that needs Python code to load "
+            f"({_unpickler_reason(e)}); only plain tensors and state dicts are accepted, "
+            "re-save it as model.state_dict() or .safetensors"
+        ) from None
+    except Exception as e:  # EOFError, RuntimeError, KeyError, BadZipFile ...: not weights
+        raise WeightsError(
+            f"{path} is not a PyTorch weights file ({type(e).__name__}: {_first_line(e, 100)})"
+        ) from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` with wrapper prefixes removed (see :func:`load_weights`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        state, _ = _read_safetensors(path)
+        if not state:
+            raise WeightsError(f"{path} holds no tensors")
+    else:
+        obj = _torch_load(path)
+        state = _extract_state_dict(obj, path)
+    return _strip_prefixes(state)
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if _is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        # Our checkpoints keep the weights under "model"; other trainers under "state_dict".
+        for key in ("model", "state_dict", "model_state_dict"):
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key])
+        keys = ", ".join(repr(k) for k in list(obj)[:6])
+        raise WeightsError(f"{path} holds a dict with no state dict in it (keys: {keys})")
+    raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    stripped = True
+        out[key] = value
+    return out
+
+
+def _layer_of(key: str) -> str:
+    """``classifier.6.weight`` -> ``classifier.6``."""
+    return key.rsplit(".", 1)[0] if "." in key else key
+
+
+def _check_and_load(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    strict: bool = True,
+    skip: Iterable[str] = (),
+) -> None:
+    """Load ``state`` into ``model``; any mismatch is one WeightsError naming the first layer."""
+    skip = tuple(skip)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    variant = getattr(model, "variant", "") or type(model).__name__
+    for key, target in expected.items():
+        if key in state and tuple(state[key].shape) != tuple(target.shape):
+            got, want = tuple(state[key].shape), tuple(target.shape)
+            hint = ""
+            logits = getattr(model, "layer_names", {}).get("logits")
+            if logits and _layer_of(key) == logits and len(got) >= 1:
+                hint = f"; the weights have {got[0]} classes, build the model with num_classes={got[0]}"
+            elif len(got) == 4 and len(want) == 4 and got[0] == want[0] and got[1] != want[1]:
+                hint = f"; the weights take {got[1]} input channels (in_channels={got[1]})"
+            raise WeightsError(
+                f"layer {_layer_of(key)} does not fit: {key} has shape {got} in {source} but "
+                f"{variant} expects {want}{hint}"
+            )
+    if strict:
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing:
+            raise WeightsError(
+                f"{source} lacks {len(missing)} tensor(s) that {variant} needs, first "
+                f"{missing[0]!r} (layer {_layer_of(missing[0])}); are these weights for "
+                "another variant? (strict=False loads the rest)"
+            )
+        if unexpected:
+            raise WeightsError(
+                f"{source} has {len(unexpected)} tensor(s) that {variant} does not, first "
+                f"{unexpected[0]!r} (layer {_layer_of(unexpected[0])}); are these weights for "
+                "another variant? (strict=False ignores them)"
+            )
+    model.load_state_dict(state, strict=False)
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, *, strict: bool = True, skip: Iterable[str] = ()
+) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (in place) and return ``model``.
+
+    ``path`` is a ``.safetensors`` file or a ``.pth``/``.pt`` file read with
+    ``torch.load(weights_only=True)``: a bare or torchvision state dict, a checkpoint dict
+    with the state dict under ``"model"``; ``module.`` and ``_orig_mod.`` prefixes are
+    removed. A shape mismatch names the first layer that differs; with ``strict`` a missing
+    or unexpected tensor is an error too. Keys starting with any prefix in ``skip`` are left
+    alone (e.g. ``skip=("classifier.6",)`` keeps a new head).
+    """
+    state = load_state_dict_file(path)
+    _check_and_load(model, state, str(path), strict=strict, skip=skip)
+    return model
+
+
+# ----------------------------------------------------------------------------------------
+# Model files: weights + what is needed to rebuild and feed the model.
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def save_model_file(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
+    """Write ``model``'s weights and ``meta`` to a ``.safetensors`` file, atomically.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, then
+    ``os.replace`` puts them at ``path``: a crash leaves either the old file or the new one.
+    """
+    from safetensors.torch import save as st_save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    metadata = {"format": MODEL_FILE_FORMAT, "meta": json.dumps(meta.to_dict())}
+    data = st_save(state, metadata=metadata)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_model_file(
+    path: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, ModelMeta]:
+    """Build the model a model file describes, load its weights, return it in eval mode.
+
+    ``path`` is a ``model.safetensors`` written by :func:`save_model_file` or a checkpoint
+    ``.pt`` (a dict with ``"model"`` and ``"meta"``). The model gets ``class_names``.
+    """
+    from .models import get_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"model file {path} does not exist")
+    if path.suffix == ".safetensors":
+        state, metadata = _read_safetensors(path)
+        if metadata.get("format") != MODEL_FILE_FORMAT or "meta" not in metadata:
+            raise WeightsError(
+                f"{path} has weights but no alexnet model metadata; build the model with "
+                "get_model(...) and load it with load_weights(model, path)"
+            )
+        try:
+            meta = ModelMeta.from_dict(json.loads(metadata["meta"]))
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{path} has damaged metadata ({_first_line(e)})") from None
+    else:
+        obj = _torch_load(path)
+        if not (isinstance(obj, Mapping) and "model" in obj and "meta" in obj):
+            raise WeightsError(
+                f"{path} is not a checkpoint with 'model' and 'meta'; for bare weights build the "
+                "model with get_model(...) and use load_weights(model, path)"
+            )
+        meta = ModelMeta.from_dict(obj["meta"])
+        state = _extract_state_dict(obj, path)
+    kwargs = {**meta.model_kwargs, "num_classes": meta.num_classes, "in_channels": meta.in_channels}
+    try:
+        model = get_model(meta.variant, **kwargs)
+    except TypeError as e:  # model_kwargs the variant does not take (another version?)
+        raise WeightsError(
+            f"{path} asks for {meta.variant} with options it does not take ({_first_line(e)})"
+        ) from None
+    _check_and_load(model, _strip_prefixes(state), str(path))
+    model.class_names = list(meta.classes)
+    return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------------------
+# Named pretrained weights.
+
+
+def _imagenet_entry():
+    from torchvision.models import AlexNet_Weights
+
+    return AlexNet_Weights.IMAGENET1K_V1
+
+
+def imagenet_meta() -> ModelMeta:
+    """``alexnet`` at 224 px with torchvision's 1000 ImageNet class names and mean/std."""
+    entry = _imagenet_entry()
+    return ModelMeta(
+        variant="alexnet",
+        num_classes=1000,
+        in_channels=3,
+        image_size=224,
+        classes=list(entry.meta["categories"]),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        model_kwargs={},
+    )
+
+
+def imagenet_weights_path() -> tuple[str, Path]:
+    """(URL, expected path in the torch hub cache) of torchvision's AlexNet ImageNet weights."""
+    url = _imagenet_entry().url
+    filename = os.path.basename(url.split("?")[0])
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    url, cached = imagenet_weights_path()
+    if cached.is_file():
+        try:
+            return load_state_dict_file(cached)
+        except WeightsError as e:
+            raise WeightsError(f"{e}; delete it to download it again from {url}") from None
+    try:
+        # check_hash: the file name carries the first hex digits of its SHA-256.
+        state = torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+        )
+    except Exception as e:  # URLError, HTTPError, hash mismatch, disk full, ...
+        raise WeightsError(
+            f"ImageNet weights for alexnet are not in the torch hub cache and could not be "
+            f"downloaded ({_first_line(e, 80)}): missing file {cached.name}; download {url} "
+            f"and put it at {cached}"
+        ) from None
+    return _strip_prefixes(state)
+
+
+def apply_named_weights(model: nn.Module, variant: str, weights: str | os.PathLike | Any) -> None:
+    """Load ``weights`` into ``model`` (built as ``variant``), in place.
+
+    ``weights`` is ``"IMAGENET1K_V1"`` / ``"DEFAULT"`` (``alexnet`` only: torchvision's
+    ImageNet weights, from the torch hub cache or a hash-checked download; the model gets
+    ``class_names``) or the path of a weights file (see :func:`load_weights`). With ImageNet
+    weights and ``num_classes`` other than 1000, everything but the last layer is loaded and
+    the new head keeps its fresh initialisation (transfer learning).
+    """
+    if isinstance(weights, os.PathLike):
+        load_weights(model, weights)
+        return
+    name = str(weights)
+    if hasattr(weights, "name") and hasattr(weights, "url"):  # a torchvision weights enum
+        name = weights.name
+    if name.upper() in _IMAGENET_NAMES:
+        if variant != "alexnet":
+            raise WeightsError(
+                f"there are no {name} weights for {variant}; only 'alexnet' has ImageNet weights "
+                "(torchvision's); pass a weights file path instead"
+            )
+        logits = model.layer_names["logits"]
+        head = model.classifier[-1]
+        in_ch = model.features[0].in_channels
+        if in_ch != 3:
+            raise WeightsError(
+                f"ImageNet weights take 3 input channels but the model was built with "
+                f"in_channels={in_ch}; build it with in_channels=3 (grey images are repeated to RGB)"
+            )
+        state = _imagenet_state_dict()
+        if head.out_features == 1000:
+            _check_and_load(model, state, "ImageNet weights (IMAGENET1K_V1)")
+            model.class_names = list(_imagenet_entry().meta["categories"])
+        else:
+            _check_and_load(model, state, "ImageNet weights (IMAGENET1K_V1)", skip=(logits + ".",))
+        return
+    path = Path(name).expanduser()
+    if path.is_file():
+        load_weights(model, path)
+        return
+    looks_like_path = path.suffix in _PICKLE_SUFFIXES | {".safetensors"} or os.sep in name
+    if looks_like_path:
+        raise WeightsError(f"weights file {path} does not exist")
+    raise WeightsError(
+        f"unknown weights {name!r}; use 'IMAGENET1K_V1' (alias 'DEFAULT', alexnet only) or the "
+        "path of a .safetensors/.pth file"
+    )

@@ -1,0 +1,39 @@
+"""Shared fixtures: built models cached per session, and a tiny CIFAR-shaped AlexNet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet.models import get_model
+
+# Small enough that a training step takes milliseconds (see COMMON.md).
+TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
+
+
+@pytest.fixture(scope="session")
+def built_model() -> Callable[[str], nn.Module]:
+    """``built_model(name)``: the variant at its defaults, built once per session (seed 0).
+
+    Shared between tests: a test that changes the model (train mode, grads, weights) must
+    put it back (``model.eval()``, ``model.zero_grad(set_to_none=True)``) or build its own.
+    """
+    cache: dict[str, nn.Module] = {}
+
+    def build(name: str) -> nn.Module:
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = get_model(name).eval()
+        return cache[name]
+
+    return build
+
+
+@pytest.fixture
+def tiny_cifar() -> nn.Module:
+    """A fresh ``alexnet_cifar`` with small widths (~20k parameters), in eval mode."""
+    torch.manual_seed(0)
+    return get_model("alexnet_cifar", **TINY_CIFAR_KWARGS).eval()

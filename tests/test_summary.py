@@ -1,0 +1,164 @@
+"""Inspection: the torchinfo table's totals, the d2l shape trace, the output-size arithmetic,
+and the `alexnet models` / `alexnet summary` commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from alexnet.cli import main
+from alexnet.errors import UserError
+from alexnet.summary import explain, format_trace, summarize, trace
+
+# Dive into Deep Learning's table for its AlexNet on a 1x1x224x224 input.
+D2L_TABLE = [
+    ("Conv2d", (96, 54, 54)),
+    ("ReLU", (96, 54, 54)),
+    ("MaxPool2d", (96, 26, 26)),
+    ("Conv2d", (256, 26, 26)),
+    ("ReLU", (256, 26, 26)),
+    ("MaxPool2d", (256, 12, 12)),
+    ("Conv2d", (384, 12, 12)),
+    ("ReLU", (384, 12, 12)),
+    ("Conv2d", (384, 12, 12)),
+    ("ReLU", (384, 12, 12)),
+    ("Conv2d", (256, 12, 12)),
+    ("ReLU", (256, 12, 12)),
+    ("MaxPool2d", (256, 5, 5)),
+    ("Flatten", (6400,)),
+    ("Linear", (4096,)),
+    ("ReLU", (4096,)),
+    ("Dropout", (4096,)),
+    ("Linear", (4096,)),
+    ("ReLU", (4096,)),
+    ("Dropout", (4096,)),
+    ("Linear", (10,)),
+]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_d2l_trace_is_the_books_table(built_model):
+    assert trace(built_model("alexnet_d2l"), (1, 224, 224)) == D2L_TABLE
+
+
+def test_trace_follows_the_real_forward_order(built_model):
+    # alexnet's avgpool is registered between features and classifier and runs there too
+    rows = trace(built_model("alexnet"), (3, 224, 224))
+    layers = [layer for layer, _ in rows]
+    assert layers.index("AdaptiveAvgPool2d") == 13
+    assert rows[13] == ("AdaptiveAvgPool2d", (256, 6, 6))
+    assert rows[-1] == ("Linear", (1000,))
+
+
+def test_format_trace_one_line_per_layer(built_model):
+    text = format_trace(built_model("alexnet_d2l"), (1, 224, 224))
+    lines = text.splitlines()
+    assert len(lines) == 1 + len(D2L_TABLE)
+    assert re.search(r"features\.0\s+Conv2d\s+output\s+96x54x54", lines[1])
+    assert re.search(r"classifier\.0\s+Flatten\s+output\s+6400", text)
+    assert lines[-1].rstrip().endswith("10  <- logits")
+
+
+def test_summarize_alexnet_matches_torchvision_figures(built_model):
+    text = summarize(built_model("alexnet"), (3, 224, 224))
+    assert "Total params:      61,100,840 (61.1 M)" in text
+    assert "714,682,664 (0.71 G per image)" in text  # torchvision: 0.714 GFLOPS
+    assert re.search(r"features\.0 \(Conv2d\)\s+\[1, 64, 55, 55\]\s+23,296\s+70,470,400", text)
+    assert "0.714 GFLOPS" in text
+
+
+def test_summarize_by_name_with_classes_and_size():
+    text = summarize("alexnet_cifar", (3, 64, 64), num_classes=5)
+    assert "alexnet_cifar: input 1x3x64x64, 5 classes" in text
+    assert "[1, 5]" in text
+    assert "GFLOPS" not in text  # torchvision's figures are only shown for its own model
+
+
+def test_summary_input_errors_are_one_line(built_model):
+    with pytest.raises(UserError, match="at least 67x67 pixels, got 40x40"):
+        summarize(built_model("alexnet_paper"), (3, 40, 40))
+    with pytest.raises(UserError, match="use --input-size 1 224 224"):
+        summarize(built_model("alexnet_d2l"), (3, 224, 224))
+
+
+def test_explain_shows_why_227_gives_55_and_224_gives_54(built_model):
+    paper = explain(built_model("alexnet_paper"), (3, 227, 227))
+    assert "conv1 Conv2d k=11 s=4 p=0: floor((227 - 11 + 2*0) / 4) + 1 = 55" in paper
+    assert "pool5 MaxPool2d k=3 s=2 p=0: floor((13 - 3 + 2*0) / 2) + 1 = 6" in paper
+    assert "adaptive AdaptiveAvgPool2d: 256x6x6 -> 256x6x6" in paper
+    assert "(flatten 256*6*6 = 9216)" in paper
+    # 5 convs + 3 pools, in forward order
+    ops = re.findall(r"^(conv\d|pool\d) ", paper, flags=re.M)
+    assert ops == ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
+
+    at224 = explain(built_model("alexnet_paper"), (3, 224, 224))
+    assert "floor((224 - 11 + 2*0) / 4) + 1 = 54" in at224
+    assert "AdaptiveAvgPool2d: 256x5x5 -> 256x6x6" in at224  # the adaptive pool rescues 224
+
+
+def test_explain_non_square_input_shows_both_axes(built_model):
+    text = explain(built_model("alexnet"), (3, 100, 80))
+    assert "H: floor((100 - 11 + 2*2) / 4) + 1 = 24" in text
+    assert "W: floor((80 - 11 + 2*2) / 4) + 1 = 19" in text
+
+
+# ---- the commands, as a user runs them -------------------------------------------------
+
+
+def test_cli_summary_alexnet_prints_the_published_figures():
+    r = _run("summary", "alexnet")
+    assert r.returncode == 0, r.stderr
+    assert "61,100,840" in r.stdout
+    assert "0.71 G" in r.stdout
+    assert "input 1x3x224x224" in r.stdout  # the variant's native size by default
+
+
+def test_cli_summary_explain_paper_227_and_trace():
+    r = _run("summary", "alexnet_paper", "--input-size", "3", "227", "227", "--explain", "--trace")
+    assert r.returncode == 0, r.stderr
+    assert "floor((227 - 11 + 2*0) / 4) + 1 = 55" in r.stdout
+    assert re.search(r"features\.14\s+MaxPool2d\s+output\s+256x6x6", r.stdout)
+
+
+def test_cli_summary_explain_d2l_224():
+    r = _run("summary", "alexnet_d2l", "--explain")
+    assert r.returncode == 0, r.stderr
+    assert "floor((224 - 11 + 2*0) / 4) + 1 = 54" in r.stdout
+    assert "46,764,746" in r.stdout
+
+
+def test_cli_models_table():
+    r = _run("models")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6  # header + 5 variants
+    alexnet = next(line for line in lines if line.startswith("alexnet "))
+    assert "61,100,840" in alexnet and "3x224x224" in alexnet and "63x63" in alexnet
+    paper = next(line for line in lines if line.startswith("alexnet_paper "))
+    assert "60,965,224" in paper and "3x227x227" in paper
+
+
+def test_cli_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["alexnet"]["parameters"] == 61_100_840
+    assert rows["alexnet_d2l"]["in_channels"] == 1
+    assert rows["alexnet_cifar"]["min_input_size"] == 8
+
+
+def test_cli_summary_errors_exit_2_with_one_line(capsys):
+    assert main(["summary", "alexnt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet: error: unknown model 'alexnt'; did you mean alexnet")
+    assert err.count("\n") == 1
+    assert main(["summary", "alexnet_cifar", "--input-size", "3", "4", "4"]) == 2
+    assert "at least 8x8 pixels, got 4x4" in capsys.readouterr().err

@@ -509,7 +509,10 @@ def get_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Module:
     info = model_info(name)
     kwargs.setdefault("num_classes", info.default_num_classes)
     kwargs.setdefault("in_channels", info.default_in_channels)
-    model = info.builder(**kwargs)
+    try:
+        model = info.builder(**kwargs)
+    except TypeError as e:  # an option this variant does not take
+        raise UserError(f"{name}: {e}".replace("__init__() ", "")) from None
     if weights is not None:
         from .weights import apply_named_weights
 

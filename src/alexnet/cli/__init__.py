@@ -8,6 +8,7 @@ A :class:`alexnet.errors.UserError` becomes one line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UserError
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `alexnet models --json | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

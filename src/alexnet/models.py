@@ -512,7 +512,7 @@ def get_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Module:
     try:
         model = info.builder(**kwargs)
     except TypeError as e:  # an option this variant does not take
-        raise UserError(f"{name}: {e}".replace("__init__() ", "")) from None
+        raise UserError(f"model {name!r} does not take that option: {e}") from None
     if weights is not None:
         from .weights import apply_named_weights
 

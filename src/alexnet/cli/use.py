@@ -1,0 +1,291 @@
+"""``alexnet predict | features | export | viz | plot``: using a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "logits"]
+
+
+def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = p.add_argument_group("model (exactly one)")
+    ex = g.add_mutually_exclusive_group(required=required)
+    ex.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a run's model.safetensors or checkpoints/*.pt (they carry classes and preprocessing)",
+    )
+    ex.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="bare ImageNet weights (.pth/.safetensors) for --model, e.g. torchvision's file",
+    )
+    ex.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="torchvision's ImageNet AlexNet (from the torch hub cache or a download)",
+    )
+    g.add_argument("--model", default="alexnet", help="variant of --weights (default alexnet)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def _load(args: argparse.Namespace):
+    from ..predict import load_for_inference
+    from ..runtime import pick_device
+
+    return load_for_inference(
+        checkpoint=args.checkpoint,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        model_name=args.model,
+        device=pick_device(args.device),
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # ---- predict
+    p = subparsers.add_parser(
+        "predict",
+        help="class names and probabilities for images",
+        description="Top-k classes of each image (files, or folders searched recursively). "
+        "Any image mode works; preprocessing is the one stored with the weights. A file that "
+        "cannot be used is named on stderr and the others are still predicted; the exit "
+        "status is 1 when some input failed.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    _add_source(p)
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_predict)
+
+    # ---- features
+    p = subparsers.add_parser(
+        "features",
+        help="embeddings of a layer for a folder or dataset, saved as .npz",
+        description="Activations of one layer for every image of a folder (labels from class "
+        "subfolders when present) or a dataset split, batched, saved as an .npz with "
+        "features, paths, labels, classes and layer.",
+    )
+    p.add_argument("source", metavar="DIR_OR_DATASET")
+    _add_source(p)
+    p.add_argument("--layer", required=True, choices=LAYERS)
+    p.add_argument("--output", required=True, metavar="FILE.npz")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="for a dataset name: which split (default train)",
+    )
+    p.add_argument("--data", metavar="ROOT", help="for a dataset name: its folder")
+    p.add_argument(
+        "--pool",
+        default="none",
+        choices=["none", "avg"],
+        help="avg: average conv maps over space, (N, C) instead of (N, C, H, W)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_features)
+
+    # ---- export
+    p = subparsers.add_parser(
+        "export",
+        help="ONNX, TorchScript or safetensors, checked against PyTorch",
+        description="Write the model with a dynamic batch axis, run the written file "
+        "(onnxruntime for ONNX) on sample batches and report success only when its outputs "
+        "match PyTorch's within the tolerance.",
+    )
+    _add_source(p)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--output", required=True, metavar="PATH")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.set_defaults(func=cmd_export)
+
+    # ---- viz
+    p = subparsers.add_parser(
+        "viz",
+        help="pictures: conv1 filters, activations, Grad-CAM",
+        description="PNG pictures of what the network learned.",
+    )
+    vsub = p.add_subparsers(dest="viz_command", metavar="KIND", required=True)
+    v = vsub.add_parser("filters", help="conv1's kernels as a colour grid (the paper's Fig. 3)")
+    _add_source(v)
+    v.add_argument("--output", metavar="FILE.png", help="default: <model>-conv1-filters.png")
+    v.set_defaults(func=cmd_viz_filters)
+    v = vsub.add_parser("activations", help="the feature maps of a layer for one image")
+    v.add_argument("image", metavar="IMAGE")
+    _add_source(v)
+    v.add_argument("--layer", required=True, choices=LAYERS)
+    v.add_argument("--output", metavar="FILE.png", help="default: <image>-<layer>.png")
+    v.set_defaults(func=cmd_viz_activations)
+    v = vsub.add_parser("gradcam", help="Grad-CAM heat map of a class over one image")
+    v.add_argument("image", metavar="IMAGE")
+    _add_source(v)
+    v.add_argument(
+        "--class",
+        dest="class_idx",
+        type=int,
+        metavar="IDX",
+        help="class index (default: the top prediction)",
+    )
+    v.add_argument(
+        "--layer",
+        default="conv5",
+        choices=LAYERS[:5],
+        help="convolution to explain (default conv5)",
+    )
+    v.add_argument("--output", metavar="FILE.png", help="default: <image>-gradcam.png")
+    v.set_defaults(func=cmd_viz_gradcam)
+
+    # ---- plot
+    p = subparsers.add_parser(
+        "plot",
+        help="loss and accuracy curves of a run from its metrics.csv",
+        description="Draw RUN_DIR/plots/loss.png and accuracy.png from RUN_DIR/metrics.csv.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--output", metavar="DIR", help="folder for the PNGs (default RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
+
+
+# ------------------------------------------------------------------------- commands
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..predict import BadInput, expand_inputs, iter_predict
+
+    paths, missing = expand_inputs(args.inputs)  # before loading: a typo fails fast
+    for bad in missing:
+        print(f"alexnet: error: {bad}", file=sys.stderr, flush=True)
+    if not paths:
+        print(f"alexnet: no image to predict ({len(missing)} inputs failed)", file=sys.stderr)
+        return 1
+    model, meta = _load(args)
+    done, failed = 0, len(missing)
+    for item in iter_predict(model, meta, paths, topk=args.topk, batch_size=args.batch_size):
+        if isinstance(item, BadInput):
+            failed += 1
+            print(f"alexnet: error: {item}", file=sys.stderr, flush=True)
+            continue
+        done += 1
+        if args.json:
+            print(json.dumps(item.to_json(), ensure_ascii=False), flush=True)
+        else:
+            rows = "\n".join(
+                f"  {p * 100:6.2f}%  {lab}" for lab, p in zip(item.labels, item.probs, strict=True)
+            )
+            print(f"{item.path}\n{rows}", flush=True)
+    if failed:
+        print(f"alexnet: {failed} of {done + failed} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from ..predict import extract_features, save_features
+
+    model, meta = _load(args)
+    fs = extract_features(
+        model,
+        meta,
+        args.source,
+        layer=args.layer,
+        split=args.split,
+        data_root=args.data,
+        batch_size=args.batch_size,
+        pool=args.pool,
+        progress=not args.no_progress,
+    )
+    for bad in fs.failures:
+        print(f"alexnet: error: {bad}", file=sys.stderr)
+    if not fs.paths:
+        raise UserError(f"no usable image in {args.source}; nothing written")
+    out = save_features(fs, args.output)
+    labelled = int((fs.labels >= 0).sum())
+    print(
+        f"wrote {out}: features {tuple(fs.features.shape)} from {args.layer}, "
+        f"{len(fs.paths)} images ({labelled} labelled, {len(fs.classes)} classes)"
+    )
+    if fs.failures:
+        print(f"alexnet: {len(fs.failures)} images failed and were left out", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    model, meta = _load(args)
+    r = export_model(model, meta, args.output, args.format, atol=args.atol, rtol=args.rtol)
+    runner = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "safetensors": "reloaded"}
+    print(
+        f"wrote {r.path} ({r.format}, input 'input' (B, {meta.in_channels}, {meta.image_size}, "
+        f"{meta.image_size}) with a dynamic batch axis B)\n"
+        f"checked: {runner[r.format]} outputs match PyTorch at batch sizes "
+        f"{' and '.join(map(str, r.batch_sizes))}, max |diff| {r.max_abs_diff:.2g} "
+        f"(tolerance {args.atol:g} + {args.rtol:g}*|y|)"
+    )
+    return 0
+
+
+def _stem(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        p = Path(args.checkpoint)
+        return p.parent.name if p.stem in ("model", "last", "best") else p.stem
+    if args.weights:
+        return Path(args.weights).stem
+    return "alexnet-imagenet"
+
+
+def _image(args: argparse.Namespace, meta):
+    from ..predict import BadInput, load_image
+
+    try:
+        return load_image(args.image, channels=meta.in_channels, image_size=meta.image_size)
+    except BadInput as bad:
+        raise UserError(str(bad)) from None
+
+
+def cmd_viz_filters(args: argparse.Namespace) -> int:
+    from ..viz import save_filters
+
+    model, _ = _load(args)
+    out = save_filters(model, args.output or f"{_stem(args)}-conv1-filters.png")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_viz_activations(args: argparse.Namespace) -> int:
+    from ..viz import save_activations
+
+    model, meta = _load(args)
+    image = _image(args, meta)
+    out = args.output or f"{Path(args.image).stem}-{args.layer}.png"
+    print(f"wrote {save_activations(model, meta, image, args.layer, out)}")
+    return 0
+
+
+def cmd_viz_gradcam(args: argparse.Namespace) -> int:
+    from ..viz import save_gradcam
+
+    model, meta = _load(args)
+    image = _image(args, meta)
+    out = args.output or f"{Path(args.image).stem}-gradcam.png"
+    path = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ..viz import plot_run
+
+    for path in plot_run(args.run_dir, args.output):
+        print(f"wrote {path}")
+    return 0

@@ -18,3 +18,10 @@ __all__ += [
     "load_weights",
     "save_model_file",
 ]
+
+# Training and evaluation (``alexnet.train`` is the function; the module is alexnet.train too,
+# reachable as ``importlib.import_module("alexnet.train")``).
+from .config import TrainConfig, resolve_config  # noqa: E402
+from .train import evaluate, train  # noqa: E402
+
+__all__ += ["train", "evaluate", "TrainConfig", "resolve_config"]

@@ -110,6 +110,21 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return isinstance(value, hint)
 
 
+def _type_name(hint: Any) -> str:
+    """``int | None`` -> "an integer or null", ``list[str]`` -> "a list of strings"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        (inner,) = typing.get_args(hint)
+        return "a list of " + {str: "strings", float: "numbers", int: "integers"}.get(
+            inner, "values"
+        )
+    if typing.get_origin(hint) is dict:
+        return "a mapping"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(hint, "null" if hint is type(None) else str(hint))
+
+
 _HINTS = typing.get_type_hints(TrainConfig)
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -123,9 +138,9 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: unknown config key {key!r}{hint}")
         if not _type_ok(value, _HINTS[key]):
-            expected = str(_HINTS[key]).replace("typing.", "")
             raise ConfigError(
-                f"{where}: {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+                f"{where}: {key!r} must be {_type_name(_HINTS[key])}, got {value!r} "
+                f"({type(value).__name__})"
             )
         if _HINTS[key] is float and isinstance(value, int):
             value = float(value)
@@ -157,10 +172,34 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.tta in ("none", "flip", "ten-crop"), "tta", "must be none, flip or ten-crop"),
         (cfg.init in ("default", "xavier", "paper"), "init", "must be default, xavier or paper"),
         (cfg.freeze in (None, "features"), "freeze", "must be features (or unset)"),
+        (cfg.eval_every >= 1, "eval_every", "must be at least 1"),
+        (cfg.step_size >= 1, "step_size", "must be at least 1"),
+        (0.0 < cfg.gamma <= 1.0, "gamma", "must be in (0, 1]"),
+        (cfg.plateau_patience >= 0, "plateau_patience", "must be >= 0"),
+        (0.0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs", "must be in [0, epochs]"),
+        (cfg.momentum >= 0, "momentum", "must be >= 0"),
+        (not (cfg.nesterov and cfg.momentum <= 0), "nesterov", "needs a positive momentum"),
+        (cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)"),
+        (cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1"),
+        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be positive"),
+        (cfg.load_size is None or cfg.load_size >= 1, "load_size", "must be positive"),
+        (_stats_ok(cfg.mean, False), "mean", "must be dataset, imagenet or a list of numbers"),
+        (_stats_ok(cfg.std, True), "std", "must be dataset, imagenet or a list of numbers > 0"),
+        (
+            cfg.name is None or (cfg.name.strip() not in ("", ".", "..") and "/" not in cfg.name),
+            "name",
+            "must be a plain folder name (no '/')",
+        ),
     ]
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key} {why}, got {getattr(cfg, key)!r}")
+
+
+def _stats_ok(value: str | list[float], positive: bool) -> bool:
+    if isinstance(value, str):
+        return value in ("dataset", "imagenet")
+    return len(value) >= 1 and all((v > 0) if positive else True for v in value)
 
 
 def list_recipes() -> list[str]:

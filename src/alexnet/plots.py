@@ -1,0 +1,139 @@
+"""Pictures of a run: loss and accuracy curves from the metrics history, a confusion matrix.
+
+The only module that imports matplotlib. It draws on ``matplotlib.figure.Figure`` with the
+Agg canvas directly (never pyplot), so it works without a display and leaves a notebook's
+own backend alone. PNGs are written atomically: a viewer never sees half an image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import write_atomic
+
+__all__ = ["plot_curves", "plot_confusion"]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_atomic(path, buf.getvalue())
+
+
+def _column(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in history:
+        v = row.get(key)
+        if v is None or v == "":
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            xs.append(int(row["epoch"]))
+            ys.append(v)
+    return xs, ys
+
+
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` (train and validation loss) and ``accuracy.png`` (train top-1, validation
+    top-1 and top-5, in percent) against the epoch, in ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for name, keys, ylabel in (
+        ("loss", [("train_loss", "train"), ("val_loss", "validation")], "cross-entropy loss"),
+        (
+            "accuracy",
+            [("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")],
+            "accuracy (%)",
+        ),
+    ):
+        fig = _figure(6.4, 4.0)
+        ax = fig.add_subplot()
+        for key, label in keys:
+            xs, ys = _column(history, key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend()
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if name == "accuracy":
+            xs, ys = _column(history, "val_top1")
+            if ys:
+                i = int(np.argmax(ys))
+                ax.annotate(
+                    f"best {ys[i]:.2f}% (epoch {xs[i]})",
+                    (xs[i], ys[i]),
+                    textcoords="offset points",
+                    xytext=(0, -14),
+                    ha="center",
+                    fontsize=8,
+                )
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{name}.png"))
+    return paths
+
+
+def plot_confusion(
+    confusion: Any,
+    classes: Sequence[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    normalize: bool = True,
+) -> Path:
+    """Confusion matrix as a PNG: rows are true classes, columns predicted ones.
+
+    ``normalize`` shows each row as fractions of that class (colour) and prints the counts in
+    the cells when there are few classes (<= 20); with many classes the labels are dropped.
+    """
+    cm = np.asarray(confusion.cpu() if hasattr(confusion, "cpu") else confusion, dtype=np.int64)
+    k = cm.shape[0]
+    rows = cm.sum(axis=1, keepdims=True)
+    shown = cm / np.maximum(rows, 1) if normalize else cm
+    side = min(14.0, max(4.5, 0.45 * k + 2.0))
+    fig = _figure(side, side * 0.9)
+    ax = fig.add_subplot()
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    total = int(cm.sum())
+    acc = 100.0 * np.trace(cm) / total if total else float("nan")
+    ax.set_title(f"{title or 'confusion matrix'} ({total} images, top-1 {acc:.2f}%)")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 40:
+        ticks = np.arange(k)
+        ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=90, fontsize=7)
+        ax.set_yticks(ticks, labels=[str(c) for c in classes], fontsize=7)
+    if k <= 20:
+        for t in range(k):
+            for p in range(k):
+                if cm[t, p]:
+                    dark = shown[t, p] > (0.5 if normalize else shown.max() / 2)
+                    ax.text(
+                        p,
+                        t,
+                        str(cm[t, p]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
+    fig.tight_layout()
+    return _save(fig, Path(path))

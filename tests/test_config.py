@@ -30,7 +30,7 @@ RECIPES = [
 SEED_SETTINGS = {
     "seed002-cifar10": dict(
         model="alexnet_paper",
-        model_kwargs={"grouped": False, "paper_init": False},  # one tower, default init
+        model_kwargs={"grouped": False, "lrn": False, "paper_init": False},  # one tower, no LRN
         dataset="cifar10",
         val_fraction=0.0,  # it tests on the CIFAR-10 test set every epoch
         image_size=227,

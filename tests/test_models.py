@@ -185,3 +185,11 @@ def test_unknown_model_lists_close_names():
     msg = str(e.value)
     assert "'alexnt'" in msg and "did you mean alexnet" in msg
     assert "alexnet_cifar" in msg  # the full list of choices
+
+
+def test_paper_variant_without_lrn_is_seed_002s_network():
+    # Seed 002's "original": one tower, no LRN; same parameters as ungrouped, LRN has none.
+    model = get_model("alexnet_paper", grouped=False, lrn=False, num_classes=10)
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in model.modules())
+    assert count_parameters(model) == 62_378_344 - 4096 * 990 - 990
+    assert model(torch.randn(1, 3, 227, 227)).shape == (1, 10)

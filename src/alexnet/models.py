@@ -124,7 +124,8 @@ class AlexNetPaper(_SizeChecked):
 
     ``groups=2`` on conv2, conv4 and conv5 reproduces the two-GPU split (each half sees
     only the kernels on its own GPU); conv3 and the FC layers talk across GPUs.
-    ``grouped=False`` gives the single-tower network with full connections.
+    ``grouped=False`` gives the single-tower network with full connections; ``lrn=False``
+    drops local response normalisation (the network many tutorials call "the original").
     """
 
     variant = "alexnet_paper"
@@ -149,21 +150,28 @@ class AlexNetPaper(_SizeChecked):
         in_channels: int = 3,
         dropout: float = 0.5,
         grouped: bool = True,
+        lrn: bool = True,
         paper_init: bool = True,
     ):
         super().__init__()
         g = 2 if grouped else 1
+
         # Section 3.3: b(i) = a(i) / (k + alpha * sum a^2)^beta over n = 5 neighbours.
         # PyTorch divides alpha by n, the paper does not: pass alpha * n to match it.
-        lrn = dict(size=5, alpha=1e-4 * 5, beta=0.75, k=2.0)
+        # lrn=False (seed 002's "original") puts Identity in their place, so layer indices stay.
+        def norm() -> nn.Module:
+            if not lrn:
+                return nn.Identity()
+            return nn.LocalResponseNorm(size=5, alpha=1e-4 * 5, beta=0.75, k=2.0)
+
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 96, kernel_size=11, stride=4),  # (B, 96, 55, 55)
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping: (B, 96, 27, 27)
             nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=g),  # (B, 256, 27, 27)
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 13, 13)
             nn.Conv2d(256, 384, kernel_size=3, padding=1),  # (B, 384, 13, 13)
             nn.ReLU(inplace=True),

@@ -73,6 +73,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     deterministic: bool = False
+    sync_bn: bool = False  # distributed: SyncBatchNorm over the global batch (CUDA only)
     # --- outputs
     run_dir: str = "runs"
     name: str | None = None  # run folder name; None = <recipe or model>-<dataset>-<time>

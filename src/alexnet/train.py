@@ -44,6 +44,7 @@ from torch import nn
 
 from .checkpoint import (
     capture_rng,
+    has_checkpoint,
     load_checkpoint,
     load_resume_checkpoint,
     restore_rng,
@@ -52,9 +53,10 @@ from .checkpoint import (
     write_atomic,
 )
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, resolve_config
+from .distributed import fault_point, session, state_digest
 from .engine import SINGLE, Diverged, LRSchedule, build_optimizer, train_one_epoch
 from .engine import evaluate as evaluate_loop
-from .errors import UserError
+from .errors import UserError, WeightsError
 from .models import model_info
 from .runtime import pick_device, resolve_precision, seed_everything, set_deterministic, set_threads
 
@@ -85,6 +87,7 @@ RESUME_MAY_CHANGE = {
     "data",
     "download",
     "eval_every",
+    "sync_bn",
 }
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -291,26 +294,31 @@ class _Job:
         self.cfg, self.dist = cfg, dist
 
         # -- where and how: threads, determinism, seed, device, precision
-        self.threads = set_threads(cfg.threads)
+        # under torchrun the processes of a machine share its cores unless --threads says
+        self.threads = set_threads(
+            cfg.threads if cfg.threads is not None else dist.default_threads()
+        )
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
-        self.device = pick_device(cfg.device)
+        # one device per process: cuda:LOCAL_RANK (or the CPU) when distributed
+        self.device = dist.device if dist.is_distributed else pick_device(cfg.device)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         # float16 needs loss scaling; bfloat16 has float32's range and does not
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         # -- data: uint8 images, augmented a batch at a time on the device
-        self.data = bundle = load_data(
-            cfg.dataset,
-            root=cfg.data,
-            download=cfg.download,
-            load_size=cfg.load_size,
-            train_split=cfg.train_split,
-            val_split=cfg.val_split,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            skip_bad_images=cfg.skip_bad_images,
-        )
+        with dist.main_first():  # one process per machine downloads and caches, then the rest
+            self.data = bundle = load_data(
+                cfg.dataset,
+                root=cfg.data,
+                download=cfg.download,
+                load_size=cfg.load_size,
+                train_split=cfg.train_split,
+                val_split=cfg.val_split,
+                val_fraction=cfg.val_fraction,
+                seed=cfg.seed,
+                skip_bad_images=cfg.skip_bad_images,
+            )
         self.classes = list(bundle.classes)
         in_ch = int(cfg.model_kwargs.get("in_channels", bundle.in_channels))
         mean = _channel_stats(cfg.mean, bundle.mean, in_ch, "mean")
@@ -328,7 +336,7 @@ class _Job:
             shuffle=True,
             seed=cfg.seed,
             # a last batch of one image would break BatchNorm's batch statistics: drop only that
-            drop_last=len(bundle.train) % (cfg.batch_size * dist.world_size) == 1,
+            drop_last=math.ceil(len(bundle.train) / dist.world_size) % cfg.batch_size == 1,
             device=self.device,
             **shard,
         )
@@ -391,12 +399,23 @@ class _Job:
             patience=cfg.plateau_patience,
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        # the compiled module shares its parameters with self.model, which is what is saved
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.wrap(sync_bn=cfg.sync_bn)
+
+    def wrap(self, *, sync_bn: bool = False) -> None:
+        """The modules that train and evaluate. DDP (several processes) averages gradients;
+        the compiled module and the DDP wrapper share their parameters with self.model, which
+        is what is saved. Call again after unfreezing: DDP syncs only what required grad."""
+        cfg = self.cfg
+        ddp = self.dist.wrap_model(self.model, sync_bn=sync_bn)
+        self.step_model = torch.compile(ddp) if cfg.compile else ddp
+        if ddp is self.model:
+            self.eval_model = self.step_model
+        else:  # evaluation needs no gradient sync: each rank runs the plain model on its shard
+            self.eval_model = torch.compile(self.model) if cfg.compile else self.model
 
     def evaluate(self, loader, **kw) -> dict[str, Any]:
         return evaluate_loop(
-            self.step_model,
+            self.eval_model,
             loader,
             transform=self.eval_tf,
             device=self.device,
@@ -501,6 +520,13 @@ class _RunFolder:
                     f"{resume_note['date']} resumed from {resume_note['checkpoint']} after epoch "
                     f"{resume_note['from_epoch']}{extra}\n"
                 )
+        dist = self.job.dist
+        self.provenance["distributed"] = {  # this session's processes (a resume may differ)
+            "world_size": dist.world_size,
+            "backend": dist.backend,
+            "batch_size_per_process": self.cfg.batch_size,
+            "global_batch_size": self.cfg.batch_size * dist.world_size,
+        }
         _write_json(self.paths["provenance"], self.provenance)
         _write_metrics(self.paths["metrics"], self.history)
         if self.cfg.tensorboard:
@@ -531,6 +557,7 @@ class _RunFolder:
             "metrics": self.history,
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
+            "world_size": job.dist.world_size,  # processes that wrote it (resume may differ)
         }
 
     def save_interrupted(self, epoch: int, steps: int, totals) -> None:
@@ -578,11 +605,34 @@ class _RunFolder:
 
 
 def _resume_state(folder: _RunFolder, job: _Job, argv, old_epochs) -> tuple[dict, dict]:
-    """Load the newest good checkpoint into ``job`` and ``folder``; returns (position, note)."""
-    state, path, notes = load_resume_checkpoint(folder.path / "checkpoints")
+    """Load the newest good checkpoint into ``job`` and ``folder``; returns (position, note).
+
+    A checkpoint that cannot be read, or holds another model, is skipped (and said so) for
+    the one before it. A run killed before its first checkpoint starts again from epoch 1.
+    """
+    cfg, ck_dir = job.cfg, folder.path / "checkpoints"
+    if not has_checkpoint(ck_dir):
+        _say(f"warning: {folder.path} has no checkpoint yet; starting it again from epoch 1")
+        note = {
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": _command(argv),
+            "checkpoint": "none (started again)",
+            "from_epoch": 0,
+            "from_step_in_epoch": 0,
+            "epochs": cfg.epochs,
+            "notes": [f"no checkpoint in {ck_dir}: started again from epoch 1"],
+        }
+        return {"epoch": 0, "step": 0, "totals": None, "rng": None}, note
+
+    def fits(state: dict, path: Path) -> None:  # another model's checkpoint is skipped too
+        try:
+            job.load_state(state, str(path))
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # optimiser or schedule
+            raise WeightsError(f"checkpoint {path} does not fit this run ({e})") from None
+
+    state, path, notes = load_resume_checkpoint(ck_dir, accept=fits)
     for n in notes:
         _say(f"warning: {n}")
-    job.load_state(state, str(path))
     folder.history = list(state.get("metrics", []))
     folder.best_top1 = float(state.get("best_top1", -math.inf))
     folder.best_epoch = int(state.get("best_epoch", 0))
@@ -592,13 +642,27 @@ def _resume_state(folder: _RunFolder, job: _Job, argv, old_epochs) -> tuple[dict
         "totals": state.get("partial"),
         "rng": state["rng"],
     }
-    cfg = job.cfg
-    if pos["epoch"] >= cfg.epochs and folder.paths["model"].exists():
+    if pos["epoch"] >= cfg.epochs and _finished(folder, pos["epoch"]):
         raise UserError(
             f"{folder.path} already finished {pos['epoch']} epochs; to train longer pass "
             f"--epochs N with N > {pos['epoch']}"
         )
+    if folder.writes and pos["step"] == 0 and folder.best_epoch == pos["epoch"] > 0:
+        # killed between writing last.pt and best.pt: best.pt is behind its own run
+        try:
+            stale = load_checkpoint(folder.paths["best"])["epoch"] != pos["epoch"]
+        except WeightsError:
+            stale = True
+        if stale:
+            save_checkpoint(folder.paths["best"], state)
     job.schedule.set_length(cfg.epochs, job.steps_per_epoch)  # a longer run: the new length
+    saved_world, world = int(state.get("world_size", 1)), job.dist.world_size
+    if saved_world != world:
+        # another number of processes, another number of steps per epoch: an interrupted
+        # epoch starts over, and the schedule goes on from the start of the next epoch
+        pos["step"], pos["totals"] = 0, None
+        job.schedule.step_count = pos["epoch"] * job.steps_per_epoch
+        job.schedule.set_length(cfg.epochs, job.steps_per_epoch)
     note = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": _command(argv),
@@ -607,11 +671,22 @@ def _resume_state(folder: _RunFolder, job: _Job, argv, old_epochs) -> tuple[dict
         "from_step_in_epoch": pos["step"],
         "epochs": cfg.epochs,
         "notes": notes,
+        "world_size": world,
+        "checkpoint_world_size": saved_world,
     }
     if old_epochs is not None and cfg.epochs != old_epochs:
         note["epochs_before"] = old_epochs
         note["schedule"] = f"{cfg.scheduler} schedule rebuilt for {cfg.epochs} epochs"
     return pos, note
+
+
+def _finished(folder: _RunFolder, epochs: int) -> bool:
+    """The run's final files are written: provenance.json gets its result last of all."""
+    try:
+        result = json.loads(folder.paths["provenance"].read_text()).get("result") or {}
+    except (OSError, ValueError, AttributeError):
+        result = {}
+    return folder.paths["model"].exists() and result.get("epochs") == epochs
 
 
 # ----------------------------------------------------------------------------------------
@@ -626,9 +701,16 @@ def run(
     old_epochs: int | None = None,
     dist: Any = SINGLE,
 ) -> RunResult:
-    """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``."""
+    """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``.
+
+    Under torchrun the process joins the group (:func:`alexnet.distributed.session`) and
+    trains its shard with DDP; rank 0 writes the run folder.
+    """
     from tqdm.auto import tqdm
 
+    if dist is SINGLE:  # not given: torchrun's group when launched by it, else one process
+        with session(cfg.device) as ctx:
+            return run(cfg, resume_dir=resume_dir, argv=argv, old_epochs=old_epochs, dist=ctx)
     t_start = time.perf_counter()
     created = None
     if resume_dir is None and dist.is_main:  # an unwritable --run-dir fails before any work
@@ -644,7 +726,8 @@ def run(
                     pass
         raise
     if resume_dir is None:
-        path = created if created is not None else Path(cfg.run_dir)
+        # rank 0 named the folder (an automatic name holds the time): every rank takes it
+        path = Path(dist.broadcast_object(str(created) if created is not None else None))
         cfg = job.cfg = replace(cfg, name=path.name)
         folder = _RunFolder(path, cfg, job, dist.is_main)
         pos, note = {"epoch": 0, "step": 0, "totals": None, "rng": None}, None
@@ -661,8 +744,16 @@ def run(
             f"classes, {job.image_size}px) on {job.device} [{_dtype_name(job.amp_dtype)}, "
             f"{job.threads} threads] -> {folder.path}"
         )
+        if dist.is_distributed:
+            n, b = dist.world_size, cfg.batch_size
+            _say(
+                f"{n} processes ({dist.backend}): batch {b} per process x {n} processes = "
+                f"{b * n} global; learning rate {cfg.lr:g} as given (not scaled)"
+            )
     if pos["rng"] is not None:
         restore_rng(pos["rng"])  # last, so nothing above shifts the random streams
+    if dist.rank > 0:  # own augmentation and dropout draws; rank 0 keeps the checkpointed stream
+        seed_everything(cfg.seed + 1_000_003 * dist.rank + pos["epoch"])
 
     def diverged(where: str) -> Diverged:
         good = f"; the last good checkpoint is {paths['last']}" if paths["last"].exists() else ""
@@ -685,12 +776,16 @@ def run(
         try:
             for epoch in range(pos["epoch"] + 1, cfg.epochs + 1):
                 job.train_loader.set_epoch(epoch)  # the epoch's order: same on every resume
+                fault_point(dist, epoch)  # test hook: ALEXNET_FAULT_RANK (tests only)
                 if cfg.unfreeze_after is not None and epoch > cfg.unfreeze_after:
                     from .transfer import is_frozen, unfreeze
 
                     if is_frozen(model):
                         unfreeze(model)
-                        _say(f"epoch {epoch}: features unfrozen")
+                        if dist.is_distributed:  # DDP must now sync the unfrozen gradients too
+                            job.wrap()
+                        if dist.is_main:
+                            _say(f"epoch {epoch}: features unfrozen")
                 epoch_lr = schedule.base_lrs[0] * schedule.factor((epoch - 1) * job.steps_per_epoch)
                 bar = tqdm(
                     total=job.steps_per_epoch,
@@ -729,6 +824,9 @@ def run(
                             raise diverged("at the interruption")
                         folder.save_interrupted(epoch, tr["steps"], tr["totals"])
                         raise stopped(f"interrupted in epoch {epoch} after step {tr['steps']}")
+                    # DDP leaves BatchNorm statistics as each rank's last update: take rank 0's,
+                    # so every rank validates (and rank 0 saves) one and the same model
+                    dist.sync_buffers(model)
                     val = None
                     if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                         val = job.evaluate(job.val_loader)
@@ -764,6 +862,11 @@ def run(
         finally:
             folder.close()
 
+    if dist.is_distributed:  # every rank's final weights, for provenance (they must be equal)
+        digests = dist.all_gather_object(state_digest(model))
+        folder.provenance.setdefault("distributed", {})["state_sha256"] = digests
+        if len(set(digests)) > 1 and dist.is_main:
+            _say(f"warning: the {dist.world_size} processes ended with different weights")
     # -- the end: best weights on the test split, model file, pictures, provenance, summary
     return _finish(job, folder, t_start, train_time, train_images)
 
@@ -774,11 +877,15 @@ def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) ->
 
     cfg, paths, bundle = job.cfg, folder.paths, job.data
     used = "final"
-    if paths["best"].exists():
+    if folder.writes and paths["best"].exists():  # rank 0 reads best.pt...
         best = load_checkpoint(paths["best"])
         _check_and_load(job.model, best["model"], str(paths["best"]))
         used = f"best (epoch {best['epoch']})"
         del best
+    if job.dist.is_distributed:  # ...and hands its weights to every rank (no shared disk needed)
+        used = job.dist.broadcast_object(used)
+        if used != "final":
+            job.dist.broadcast_module(job.model)
     if not job.weights_finite():
         raise Diverged(
             "the final weights hold NaN or Inf; nothing was saved (try a lower --lr)",
@@ -811,11 +918,12 @@ def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) ->
             "train_images_per_s": round(ips, 1),
             "epochs": cfg.epochs,
         }
-        _write_json(paths["provenance"], folder.provenance)
         try:
             _write_report(job, folder, shown, res["confusion"])
         except Exception as e:  # the run's results are saved; a report bug must not hide them
             _say(f"warning: report.html was not written ({type(e).__name__}: {e})")
+        # last: a result in provenance.json marks the run finished (see _finished)
+        _write_json(paths["provenance"], folder.provenance)
         _print_summary(job, folder, test if has_test else None, used, wall, ips)
     return RunResult(
         run_dir=folder.path,

@@ -61,7 +61,11 @@ def _add_train(sub) -> None:
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        help="per process: the global batch is this x processes (printed at the start)",
+    )
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["sgd", "adamw"])
     g.add_argument("--momentum", type=float)
@@ -80,6 +84,28 @@ def _add_train(sub) -> None:
     g.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
     g.add_argument("--workers", type=int, help="DataLoader workers for streamed datasets")
     g.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    g = p.add_argument_group(
+        "several processes (PyTorch DDP through torchrun; see docs/scaling.md)",
+        "--lr is used as given: scale it yourself when the global batch grows.",
+    )
+    g.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="start N processes on this machine through torchrun (one per GPU)",
+    )
+    g.add_argument("--nnodes", type=int, metavar="N", help="machines in the job (torchrun)")
+    g.add_argument("--node-rank", type=int, metavar="R", help="this machine's index, 0..N-1")
+    g.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="rendezvous address every machine reaches, e.g. node 0's address:29400",
+    )
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="SyncBatchNorm: BatchNorm statistics over the global batch (CUDA only)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     g.add_argument("--name", help="run folder name (default: <recipe>-<dataset>-<time>)")
@@ -99,6 +125,25 @@ def _train(args: argparse.Namespace) -> int:
     from ..train import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    launcher = {
+        k: given.pop(k) for k in ("nproc", "nnodes", "node_rank", "rdzv_endpoint") if k in given
+    }
+    if _wants_launch(launcher):
+        from ..distributed import launch
+
+        raw = sys.argv[1:]
+        if "train" not in raw:  # called as main([...]) from Python: sys.argv is not the command
+            raise ConfigError(
+                "--nproc works from the command line; in Python call "
+                "alexnet.distributed.launch(nproc, ['train', ...])"
+            )
+        return launch(
+            launcher.get("nproc", 1),
+            raw,
+            nnodes=launcher.get("nnodes", 1),
+            node_rank=launcher.get("node_rank"),
+            rdzv_endpoint=launcher.get("rdzv_endpoint"),
+        )
     recipe = given.pop("recipe", None)
     config = given.pop("config", None)
     resume = given.pop("resume", None)
@@ -108,6 +153,22 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues a run with its own config; drop --recipe/--config")
     train(recipe, config, resume=resume, argv=["alexnet", *sys.argv[1:]], **overrides)
     return 0
+
+
+def _wants_launch(launcher: dict[str, Any]) -> bool:
+    """True when the launcher flags ask for more than this one process and this process was
+    not itself started by ``--nproc`` (its workers may still see the flags)."""
+    import os
+
+    from ..distributed import ENV_LAUNCHER
+
+    if not launcher or os.environ.get(ENV_LAUNCHER):
+        return False
+    return (
+        launcher.get("nproc", 1) != 1
+        or launcher.get("nnodes", 1) != 1
+        or launcher.get("rdzv_endpoint") is not None
+    )
 
 
 def _add_eval(sub) -> None:

@@ -219,7 +219,7 @@ def test_save_model_file_is_atomic(tmp_path, source, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WeightsError, match=f"could not write {path}: disk full"):
         save_model_file(path, _tiny(2), _meta())
     assert path.read_bytes() == before  # the old file is whole
     assert os.listdir(tmp_path) == ["model.safetensors"]  # and the temp file is gone

@@ -13,11 +13,14 @@ verifies them, so a truncated or bit-flipped file is named instead of silently l
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import pickle
 import random
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import WeightsError
+from .weights import _unpickler_reason, runs_code
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,6 +38,7 @@ __all__ = [
     "restore_rng",
     "state_is_finite",
     "load_resume_checkpoint",
+    "has_checkpoint",
     "write_atomic",
 ]
 
@@ -41,18 +46,41 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "epoch")
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
+# Test hook: seconds that every atomic write is stretched over (written in pieces, with
+# pauses, and a pause between the two renames that keep last.prev.pt), so that a test can
+# SIGKILL a training process in the middle of a checkpoint write. Never set it otherwise.
+SLOW_WRITE_ENV = "ALEXNET_TEST_SLOW_WRITE"
+
+
+def _test_write_delay() -> float:
+    """The one place :data:`SLOW_WRITE_ENV` is read (0 when unset)."""
+    try:
+        return max(0.0, float(os.environ.get(SLOW_WRITE_ENV) or 0))
+    except ValueError:
+        return 0.0
+
+
+def write_atomic(path: str | Path, data: bytes, *, shown_as: str | Path | None = None) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one.
 
-    A full disk or an unwritable folder raises :class:`WeightsError` naming the file; the
-    previous file, if any, is left as it was.
+    A full disk or an unwritable folder raises :class:`WeightsError` naming the file (or
+    ``shown_as``); the previous file, if any, is left as it was. Temporary files that a
+    killed process left next to ``path`` are removed once the new file is in place.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    delay = _test_write_delay()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data)
+            if delay:  # the test hook: four pieces, each on disk before a pause
+                step = -(-len(data) // 4) or 1
+                for i in range(0, len(data), step):
+                    f.write(data[i : i + step])
+                    f.flush()
+                    time.sleep(delay / 4)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,9 +90,15 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
         except OSError:
             pass
         raise WeightsError(
-            f"could not write {path}: {e.strerror or e}; the previous file (if any) is intact"
+            f"could not write {shown_as or path}: {e.strerror or e}; the previous file (if any) "
+            "is intact"
         ) from None
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     return path
 
 
@@ -86,23 +120,28 @@ def save_checkpoint(
     """Atomically write ``state`` (see the module docstring) to ``path``.
 
     With ``keep_previous`` the file being replaced is first renamed to ``<stem>.prev.pt``, so
-    one older good checkpoint survives even damage to the newest one.
+    one older good checkpoint survives even damage to the newest one. A full disk raises
+    :class:`WeightsError` naming ``path``, and every existing checkpoint stays as it was.
     """
     path = Path(path)
     state = {"format_version": FORMAT_VERSION, **state}
     buf = io.BytesIO()
     torch.save(state, buf)
+    nxt = path.with_name(f".{path.name}.next")
     if keep_previous and path.is_file():
         prev = path.with_name(f"{path.stem}.prev{path.suffix}")
-        # Between these two renames the folder holds prev and the new temporary file; a
-        # kill there leaves prev for load_resume_checkpoint to fall back to.
-        data = buf.getvalue()
-        tmp = write_atomic(path.with_name(f".{path.name}.next"), data)
+        # Between the two renames the folder holds prev and .next (both complete); a kill
+        # there leaves them for load_resume_checkpoint, which tries .next first.
+        write_atomic(nxt, buf.getvalue(), shown_as=path)
         os.replace(path, prev)
-        os.replace(tmp, path)
+        if _test_write_delay():
+            time.sleep(_test_write_delay())
+        os.replace(nxt, path)
         _fsync_dir(path.parent)
         return path
-    return write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
+    nxt.unlink(missing_ok=True)  # an older one, left by a kill between the renames
+    return path
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -133,10 +172,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        reason = _unpickler_reason(e)
+        if not runs_code(reason):
+            raise WeightsError(f"checkpoint {path} is damaged: {reason}") from None
         raise WeightsError(
-            f"checkpoint {path} holds Python objects other than plain data; refusing to "
-            f"unpickle it (weights_only): {first}"
+            f"checkpoint {path} holds Python objects other than plain data and was refused: "
+            f"loading it would run code ({reason}); alexnet's checkpoints never need that"
         ) from None
     except Exception as e:  # torch reports damage in many exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -154,20 +195,37 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return state
 
 
-def load_resume_checkpoint(checkpoint_dir: str | Path) -> tuple[dict, Path, list[str]]:
-    """The newest good checkpoint of a run: ``last.pt``, else ``last.prev.pt``, else ``best.pt``.
+RESUME_ORDER = ("last.pt", ".last.pt.next", "last.prev.pt", "best.pt")
 
-    Returns (state, path, notes) where ``notes`` says which files were damaged and skipped.
+
+def has_checkpoint(checkpoint_dir: str | Path) -> bool:
+    """True when ``checkpoint_dir`` holds any file a resume could start from (good or not)."""
+    folder = Path(checkpoint_dir)
+    return any((folder / name).exists() for name in RESUME_ORDER)
+
+
+def load_resume_checkpoint(
+    checkpoint_dir: str | Path, *, accept: Callable[[dict, Path], None] | None = None
+) -> tuple[dict, Path, list[str]]:
+    """The newest good checkpoint of a run: ``last.pt``, else ``.last.pt.next`` (complete,
+    left by a kill between the renames of :func:`save_checkpoint`), else ``last.prev.pt``,
+    else ``best.pt``.
+
+    ``accept(state, path)`` may refuse a loadable checkpoint by raising
+    :class:`WeightsError` (e.g. weights of another model); the next one is tried.
+    Returns (state, path, notes) where ``notes`` says which files were skipped and why.
     Raises :class:`WeightsError` listing every problem when none can be used.
     """
     folder = Path(checkpoint_dir)
     notes: list[str] = []
-    for name in ("last.pt", "last.prev.pt", "best.pt"):
+    for name in RESUME_ORDER:
         path = folder / name
         if not path.exists():
             continue
         try:
             state = load_checkpoint(path)
+            if accept is not None:
+                accept(state, path)
         except WeightsError as e:
             notes.append(str(e))
             continue

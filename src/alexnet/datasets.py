@@ -173,6 +173,43 @@ def _download(name: str, root: str, fn) -> None:
 # -------------------------------------------------------------------------- cifar10
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and NumPy arrays and refuses every other
+    global: CIFAR-10's batches need nothing more, so a poisoned download cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # arrays pickled by NumPy 1 (and Python 2)
+        ("numpy._core.multiarray", "_reconstruct"),  # ... by NumPy 2
+        ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes written by Python 3 at protocols 0-2
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which could run code")
+        return super().find_class(module, name)
+
+
+def _load_plain_pickle(path: Path):
+    """One of CIFAR-10's python files, unpickled by :class:`_ArraysOnly`."""
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"cifar10: {path} was refused ({e}); CIFAR-10's files hold only arrays and "
+            "labels: delete the folder and download it again with --download"
+        ) from None
+    except Exception as e:  # truncated, not a pickle, ...
+        raise DataError(
+            f"cifar10: cannot read {path} ({type(e).__name__}: {e}); it may be corrupt or "
+            "partly downloaded: delete it and run again with --download"
+        ) from None
+
+
 class Cifar10(Source):
     """torchvision CIFAR10: pickled batches in ``ROOT/cifar-10-batches-py/``."""
 
@@ -200,9 +237,8 @@ class Cifar10(Source):
                 f"batches.meta ({missing[0]} is missing); pass --download to fetch it (163 MB), "
                 f"or --data DIR for the folder that holds {self.folder}/"
             )
+        meta = _load_plain_pickle(self.base / self.meta_file)
         try:
-            with open(self.base / self.meta_file, "rb") as f:
-                meta = pickle.load(f, encoding="latin1")  # the format torchvision reads
             self.classes = [str(c) for c in meta["label_names"]]
         except Exception as e:
             raise DataError(f"cifar10: cannot read {self.base / self.meta_file} ({e})") from None
@@ -223,6 +259,8 @@ class Cifar10(Source):
         def build() -> dict:
             from torchvision.datasets import CIFAR10
 
+            for f in files:  # torchvision unpickles them freely: first prove they are only data
+                _load_plain_pickle(f)
             try:
                 tv = CIFAR10(self.root, train=split == "train", download=False)
             except Exception as e:

@@ -17,11 +17,13 @@ needs to run code is refused, never executed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 MODEL_FILE_FORMAT = "alexnet.model/1"
+# safetensors metadata key of the SHA-256 that save_model_file stores and every read checks
+DIGEST_KEY = "sha256"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -116,20 +120,68 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise WeightsError(
             f"{path} is not a readable safetensors file ({_first_line(e)})"
         ) from None
+    stored = metadata.get(DIGEST_KEY)
+    if stored is not None and stored != _content_digest(tensors, metadata):
+        # safetensors itself has no checksum: a flipped bit would load as a wrong weight
+        raise WeightsError(
+            f"{path} is corrupted: its content does not match the SHA-256 stored in it "
+            "(a damaged copy); copy or download it again"
+        )
     return tensors, metadata
 
 
+def _content_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes) and of the other metadata."""
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != DIGEST_KEY:
+            h.update(f"{key}\0{metadata[key]}\0".encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, no copy
+    return h.hexdigest()
+
+
 def _unpickler_reason(e: BaseException) -> str:
-    """The useful line of torch's weights_only refusal (e.g. 'unsupported GLOBAL posix.system')."""
-    lines = str(e).splitlines()[1:]  # the first line is the same boilerplate every time
-    for line in lines:
-        line = line.split("WeightsUnpickler error:", 1)[-1].strip()
-        if line and not line.startswith(("Please file", "Check the documentation")):
-            return line[:120]
+    """The useful phrase of torch's weights_only refusal, e.g. 'Unsupported global: GLOBAL
+    posix.system was not an allowed global by default' or 'Unsupported operand 95'."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if not rest:  # the reason sits on one of the next lines
+                rest = next((ln for ln in lines[i + 1 :] if ln), "")
+            rest = rest.split(". Please", 1)[0].split(". Check the", 1)[0]
+            return rest[:160] if rest else "a weights_only load failed"
     return "a weights_only load failed"
 
 
+def runs_code(reason: str) -> bool:
+    """True when a weights_only refusal is about a global (a function or class the file
+    would import and call), not about a malformed byte stream."""
+    return "global" in reason.lower()
+
+
+def zip_damage(path: Path) -> str | None:
+    """What is wrong with a torch zip file (its CRC-32s, its directory), or None when it is
+    whole. torch.load itself does not check the CRCs, so a flipped bit would load."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # reads every entry and checks its CRC-32
+    except zipfile.BadZipFile:
+        return f"not a complete zip file ({path.stat().st_size} bytes; truncated?)"
+    except Exception as e:  # a damaged directory can fail to parse in other ways
+        return f"{type(e).__name__}: {_first_line(e, 100)}"
+    return None if bad is None else f"CRC mismatch in entry {bad!r}"
+
+
 def _torch_load(path: Path) -> Any:
+    if zipfile.is_zipfile(path):  # torch's format since 1.6; older files are bare pickles
+        problem = zip_damage(path)
+        if problem is not None:
+            raise WeightsError(f"{path} is corrupted: {problem}; copy or download it again")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise
@@ -139,10 +191,15 @@ def _torch_load(path: Path) -> Any:
             raise WeightsError(
                 f"{path} is not a PyTorch weights file ({_first_line(e, 100)})"
             ) from None
-        # weights_only refuses any global or opcode it does not know: the file could run code.
+        reason = _unpickler_reason(e)
+        if not runs_code(reason):  # e.g. "Unsupported operand": damaged or not a pickle
+            raise WeightsError(
+                f"{path} is not a PyTorch weights file (damaged or another format: {reason})"
+            ) from None
+        # weights_only refuses any global it does not know: the file could run code.
         raise WeightsError(
             f"{path} was refused: it is a pickle that needs Python code to load "
-            f"({_unpickler_reason(e)}); only plain tensors and state dicts are accepted, "
+            f"({reason}); only plain tensors and state dicts are accepted, "
             "re-save it as model.state_dict() or .safetensors"
         ) from None
     except Exception as e:  # EOFError, RuntimeError, KeyError, BadZipFile ...: not weights
@@ -299,26 +356,46 @@ def save_model_file(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path
 
     The bytes go to a temporary file in the same folder, are flushed and fsynced, then
     ``os.replace`` puts them at ``path``: a crash leaves either the old file or the new one.
+    The metadata carries a SHA-256 of the content, checked by every read. A full disk or an
+    unwritable folder raises :class:`WeightsError` naming the file.
     """
     from safetensors.torch import save as st_save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
     metadata = {"format": MODEL_FILE_FORMAT, "meta": json.dumps(meta.to_dict())}
+    metadata[DIGEST_KEY] = _content_digest(state, metadata)
     data = st_save(state, metadata=metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a model file is not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise WeightsError(
+            f"could not write {path}: {e.strerror or e}; the previous file (if any) is intact"
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process that was killed
+        stale.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_model_file(

@@ -8,6 +8,7 @@ A :class:`alexnet.errors.UserError` becomes one line on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -61,6 +62,24 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # the disk, not the program: a full disk or a read-only folder met by any writer
+        # (plots, TensorBoard, a report) is a sentence too
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"alexnet: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC,  # no space left on device
+    errno.EDQUOT,  # disk quota exceeded
+    errno.EROFS,  # read-only file system
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
 
 
 if __name__ == "__main__":

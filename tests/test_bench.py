@@ -127,6 +127,10 @@ def test_bench_inference_json_has_the_documented_keys(capsys):
     assert rec["speedup"] == pytest.approx(rec["ours_ips"] / rec["baseline_ips"], rel=0.01)
     assert rec["torch"] == torch.__version__
     assert rec["precision"] in ("bf16", "fp32")
+    # roofline figures: FLOPs per image and the matmul peaks they are compared with
+    assert rec["gflop_per_image"] > 0 and rec["matmul_peak_gflops_fp32"] > 0
+    # figures are printed to 0.1 GFLOP/s, which dominates for a tiny model
+    assert rec["ours_gflops"] == pytest.approx(rec["ours_ips"] * rec["gflop_per_image"], abs=0.06)
 
 
 def test_bench_inference_prints_a_table(capsys):
@@ -148,7 +152,6 @@ def _image_folder(root, classes=2, per_class=10, size=40):
     return root
 
 
-@pytest.mark.slow
 def test_bench_train_json_and_table(tmp_path, capsys):
     root = _image_folder(tmp_path / "data")
     argv = ["bench", "train", "--data", str(root), *TINY_ARGS, "--batch-size", "4"]
@@ -156,7 +159,15 @@ def test_bench_train_json_and_table(tmp_path, capsys):
     argv += ["--workers", "0", "--cache-dir", str(tmp_path / "cache")]
     assert main([*argv, "--json"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("ours_ips", "baseline_ips", "speedup", "decode_s", "ours_first_epoch_ips"):
+    for key in (
+        "ours_ips",
+        "baseline_ips",
+        "speedup",
+        "decode_s",
+        "ours_first_epoch_ips",
+        "ours_compute_ips",
+        "baseline_compute_ips",
+    ):
         assert rec[key] > 0, key
     assert rec["image_size"] == 64 and rec["batch_size"] == 4 and rec["classes"] == 2
     assert rec["images_decoded"] == 20 and rec["train_images"] == 18  # 10% held out

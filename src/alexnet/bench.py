@@ -46,6 +46,8 @@ __all__ = [
     "format_inference_table",
     "format_train_table",
     "environment",
+    "matmul_peak_gflops",
+    "forward_gflop",
 ]
 
 # Whether `alexnet bench inference` compiles our side unless told: see benchmarks/README.md.
@@ -120,6 +122,34 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype | None, device: torch.device, n: int = 2048, reps: int = 4
+) -> float:
+    """Best GFLOP/s of an n x n matmul in ``dtype`` (None = float32): what the machine's
+    matrix units actually deliver, the roofline for convolution-bound networks."""
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = 0.0
+    with torch.inference_mode():
+        a @ b  # warm-up: thread pool, kernel selection
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def forward_gflop(model: nn.Module, x: torch.Tensor) -> float:
+    """GFLOP of one forward pass per image (2 x multiply-adds of convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x[:1])
+    return counter.get_total_flops() / 1e9
 
 
 def _summary(rates: dict[str, list[float]]) -> tuple[float, float, float, float]:
@@ -227,6 +257,11 @@ def bench_inference(
 
     rates = interleaved({"ours": timed(run_ours), "baseline": timed(run_baseline)}, rounds)
     ours_ips, base_ips, speedup, paired = _summary(rates)
+    # Roofline: both sides are bound by matrix throughput, so the best possible speedup is
+    # (matmul GFLOP/s in our dtype) / (GFLOP/s the baseline achieves).
+    gflop = forward_gflop(baseline, x)
+    peak_fp32 = matmul_peak_gflops(None, dev)
+    peak_ours = matmul_peak_gflops(ours.dtype, dev) if ours.dtype is not None else peak_fp32
     return {
         "bench": "inference",
         "model": model,
@@ -241,6 +276,12 @@ def bench_inference(
         **ours.describe(),
         "baseline": baseline_name,
         "max_rel_err": round(rel_err, 5),
+        "gflop_per_image": round(gflop, 4),
+        "ours_gflops": round(ours_ips * gflop, 1),
+        "baseline_gflops": round(base_ips * gflop, 1),
+        "matmul_peak_gflops_fp32": round(peak_fp32, 1),
+        "matmul_peak_gflops_ours": round(peak_ours, 1),
+        "ceiling_speedup": round(peak_ours / (base_ips * gflop), 3),
         "warmup_s": round(ours_warm, 2),
         "baseline_warmup_s": round(base_warm, 2),
         "ours_rounds_ips": [round(r, 1) for r in rates["ours"]],
@@ -276,7 +317,11 @@ def format_inference_table(records: list[dict]) -> str:
     notes = [
         f"baseline: {r['baseline']}; medians of {r['rounds']} interleaved rounds x "
         f"{r['iters']} batches; max relative logit error {r['max_rel_err']:g}; "
-        f"torch {r['torch']}, {r['threads']} threads, load {r['load_avg_1m']}"
+        f"torch {r['torch']}, {r['threads']} threads, load {r['load_avg_1m']}\n"
+        f"roofline: {r['gflop_per_image']:.3g} GFLOP/image; ours {r['ours_gflops']:.0f} GFLOP/s "
+        f"of a {r['precision']} matmul peak of {r['matmul_peak_gflops_ours']:.0f}, baseline "
+        f"{r['baseline_gflops']:.0f} of {r['matmul_peak_gflops_fp32']:.0f} (fp32); best "
+        f"possible speedup here ~{r['ceiling_speedup']:.2f}x"
         for r in records[:1]
     ]
     return _table(headers, rows) + "\n" + "\n".join(notes)
@@ -436,12 +481,12 @@ def bench_train(
     batches = _forever(loader)
     criterion = nn.CrossEntropyLoss()
 
-    def ours_steps(n: int) -> int:
+    def ours_steps(n: int, source: Iterator | None = None, tf: Callable | None = None) -> int:
         stats = train_one_epoch(
             step_model,
-            itertools.islice(batches, n),
+            itertools.islice(batches if source is None else source, n),
             optimizer,
-            transform=transform,
+            transform=transform if tf is None else tf,
             criterion=criterion,
             device=dev,
             amp_dtype=amp,
@@ -458,10 +503,10 @@ def bench_train(
     base_net = torchvision.models.alexnet(num_classes=len(base_set.classes)).to(dev)
     base_opt = torch.optim.SGD(base_net.parameters(), lr=0.002, momentum=0.9)
 
-    def base_steps(n: int, untimed: int = 0) -> tuple[int, float]:
+    def base_steps(n: int, untimed: int = 0, source: Iterator | None = None) -> tuple[int, float]:
         """``untimed`` steps, then ``n`` timed ones; returns (images, seconds)."""
         base_net.train()
-        it = _forever(base_loader)
+        it = _forever(base_loader) if source is None else source
         seen, t0 = 0, time.perf_counter()
         for i, (x, y) in enumerate(it):
             if i == untimed:
@@ -495,6 +540,18 @@ def bench_train(
         seen, secs = base_steps(steps, untimed=1)
         rates["baseline"].append(seen / secs)
     ours_ips, base_ips, speedup, paired = _summary(rates)
+
+    # --- compute only: the same steps on one fixed batch, no data loading or augmentation.
+    # Their ratio is what precision and layout alone give; the rest of the end-to-end
+    # ratio comes from the data paths (decode + augmentation, and the CPU they take).
+    cx, cy = next(batches)
+    fixed_input = transform(cx)  # (B, 3, out, out) float, channels_last
+    t0 = time.perf_counter()
+    n = ours_steps(steps, itertools.repeat((cx, cy)), lambda _: fixed_input)
+    ours_compute = n / (time.perf_counter() - t0)
+    bx = fixed_input.float().contiguous()  # what the baseline's DataLoader gives: NCHW float32
+    seen, secs = base_steps(steps, source=itertools.repeat((bx, cy)))
+    base_compute = seen / secs
     n_train = len(bundle.train)
     first_epoch = n_train / (decode_s + n_train / ours_ips)
     return {
@@ -509,6 +566,9 @@ def bench_train(
         "speedup_paired": round(paired, 3),
         "ours_first_epoch_ips": round(first_epoch, 1),
         "speedup_first_epoch": round(first_epoch / base_ips, 3),
+        "ours_compute_ips": round(ours_compute, 1),
+        "baseline_compute_ips": round(base_compute, 1),
+        "compute_speedup": round(ours_compute / base_compute, 3),
         "decode_s": round(decode_s, 2),
         "cache_load_s": round(cache_load_s, 2),
         "images_decoded": n_decoded,
@@ -565,7 +625,9 @@ def format_train_table(records: list[dict]) -> str:
         f"{r['cache_load_s']:.1f} s); 'incl. decode' = first epoch over {r['train_images']} "
         f"images with the decode; medians of {r['rounds']} interleaved rounds x {r['steps']} "
         f"steps; baseline: {r['baseline']}; torch {r['torch']}, {r['threads']} threads, "
-        f"load {r['load_avg_1m']}"
+        f"load {r['load_avg_1m']}\n"
+        f"compute only (one fixed batch, no data path): ours {r['ours_compute_ips']:.1f} img/s, "
+        f"baseline {r['baseline_compute_ips']:.1f} img/s ({r['compute_speedup']:.2f}x)"
         for r in records[:1]
     ]
     return _table(headers, rows) + "\n" + "\n".join(notes)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -118,6 +119,9 @@ class InferenceFn:
         self.freezing = freezing and compile
         self._autocast = autocast and dtype is not None
         runner = _Runner(model, None if self._autocast else dtype, channels_last)
+        if compile and device.type == "cpu":
+            # inductor's C++ toolchain probe warns about CUDA on every CPU-only machine
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # dynamic=False: static shapes let freezing and the oneDNN kernels specialise.
         self._run = torch.compile(runner, mode=compile_mode, dynamic=False) if compile else runner
         self._compiled_batch = 0  # largest batch size compiled for so far

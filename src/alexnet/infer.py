@@ -86,7 +86,7 @@ class _Runner(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype is not None:
             x = x.to(self.dtype)
-        if self.channels_last:
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x).float()
 
@@ -194,6 +194,8 @@ def prepare_for_inference(
     ``"max-autotune-no-cudagraphs"``; ``freezing`` turns on inductor's weight freezing).
     The first call of a compiled function compiles (tens of seconds on a small CPU).
     ``cast_weights=False`` runs float32 weights under autocast instead of casting them once.
+    The function works on a copy taken now: later changes to ``model`` are not seen (and a
+    frozen compiled graph holds its weights as constants).
     """
     device = torch.device(device)
     dtype = resolve_precision(precision, device)

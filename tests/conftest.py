@@ -37,3 +37,28 @@ def tiny_cifar() -> nn.Module:
     """A fresh ``alexnet_cifar`` with small widths (~20k parameters), in eval mode."""
     torch.manual_seed(0)
     return get_model("alexnet_cifar", **TINY_CIFAR_KWARGS).eval()
+
+
+# ----------------------------------------------- fixtures of the reliability tests
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Own dataset cache, no slow-write hook, torch's globals restored (reliability tests)."""
+    from reliability_utils import SLOW_WRITE_ENV, torch_globals
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(SLOW_WRITE_ENV, raising=False)
+    with torch_globals():
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-epoch run; tests copy it before changing anything."""
+    from reliability_utils import torch_globals, train_tiny
+
+    root = tmp_path_factory.mktemp("finished")
+    with torch_globals():
+        result = train_tiny(root / "runs", "done")
+    return result.run_dir

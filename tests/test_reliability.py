@@ -22,7 +22,6 @@ import pytest
 import torch
 from reliability_utils import (
     EXACT_COLUMNS,
-    SLOW_WRITE_ENV,
     TINY_KWARGS,
     all_finite,
     assert_one_line_error,
@@ -34,7 +33,6 @@ from reliability_utils import (
     metric_rows,
     read_safetensors,
     run_main,
-    torch_globals,
     train_tiny,
     write_evil_checkpoint,
 )
@@ -54,24 +52,11 @@ SRC = Path(alexnet.__file__).resolve().parent
 pytestmark = [
     pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
     pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning"),
+    pytest.mark.usefixtures("isolated"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(SLOW_WRITE_ENV, raising=False)
-    with torch_globals():
-        yield
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A finished 3-epoch run; tests copy it before changing anything."""
-    root = tmp_path_factory.mktemp("finished")
-    with torch_globals():
-        result = train_tiny(root / "runs", "done")
-    return result.run_dir
+# The `isolated` and `finished_run` fixtures live in conftest.py.
 
 
 # ==========================================================================================

@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 from reliability_utils import (
-    SLOW_WRITE_ENV,
     TINY_FLAGS,
     all_finite,
     assert_one_line_error,
@@ -29,8 +28,6 @@ from reliability_utils import (
     rgb,
     run_main,
     run_many,
-    torch_globals,
-    train_tiny,
     write_evil_checkpoint,
 )
 
@@ -40,24 +37,11 @@ pytestmark = [
     pytest.mark.slow,  # about 25 subprocesses of ~2 s each (importing torch), run 3 at a time
     pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
     pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning"),
+    pytest.mark.usefixtures("isolated"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(SLOW_WRITE_ENV, raising=False)
-    with torch_globals():
-        yield
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A finished 3-epoch run; tests copy it before changing anything."""
-    root = tmp_path_factory.mktemp("finished")
-    with torch_globals():
-        result = train_tiny(root / "runs", "done")
-    return result.run_dir
+# The `isolated` and `finished_run` fixtures live in conftest.py.
 
 
 # ------------------------------------------------------ 3. a damaged checkpoint is named

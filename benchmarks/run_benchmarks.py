@@ -72,28 +72,33 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             p.error("train needs --data ROOT")
         cmd += ["--data", args.data]
-    records = []
+    records: dict[str, list[dict]] = {}  # path ("torch", "onnxruntime-int8", ...) -> runs
     for run in range(args.repeat):
         idle = wait_for_quiet(args.min_idle, args.max_wait) if args.min_idle > 0 else None
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rec = json.loads(out.strip().splitlines()[-1])
-        rec["idle_before_run"] = None if idle is None else round(idle, 2)
-        records.append(rec)
+        for line in out.strip().splitlines():
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            rec["idle_before_run"] = None if idle is None else round(idle, 2)
+            path = rec.get("path", "torch")
+            records.setdefault(path, []).append(rec)
+            print(
+                f"run {run + 1} [{path}]: ours {rec['ours_ips']:.1f} img/s, baseline "
+                f"{rec['baseline_ips']:.1f} img/s, speedup {rec['speedup']:.2f}x "
+                f"(paired {rec['speedup_paired']:.2f}x), idle before {rec['idle_before_run']}, "
+                f"load {rec['load_avg_1m']}",
+                flush=True,
+            )
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+    for path, runs in records.items():
+        sp = [r["speedup"] for r in runs]
         print(
-            f"run {run + 1}: ours {rec['ours_ips']:.1f} img/s, baseline "
-            f"{rec['baseline_ips']:.1f} img/s, speedup {rec['speedup']:.2f}x "
-            f"(paired {rec['speedup_paired']:.2f}x), idle before {rec['idle_before_run']}, "
-            f"load {rec['load_avg_1m']}",
-            flush=True,
+            f"{args.which} [{path}]: speedup median {statistics.median(sp):.2f}x over "
+            f"{len(sp)} runs (min {min(sp):.2f}x, max {max(sp):.2f}x)"
         )
-        if args.out:
-            with args.out.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-    sp = [r["speedup"] for r in records]
-    print(
-        f"{args.which}: speedup median {statistics.median(sp):.2f}x over {len(sp)} runs "
-        f"(min {min(sp):.2f}x, max {max(sp):.2f}x)"
-    )
     return 0
 
 

@@ -100,7 +100,7 @@ def test_compiled_inference_pads_smaller_batches():
 
 def _bench_inference(capsys, *extra: str) -> str:
     argv = ["bench", "inference", *TINY_ARGS, "--batch-size", "4", "--rounds", "1"]
-    argv += ["--iters", "1", "--warmup", "1", "--no-compile", *extra]
+    argv += ["--iters", "1", "--warmup", "1", "--no-compile", "--no-int8", *extra]
     assert main(argv) == 0
     return capsys.readouterr().out
 

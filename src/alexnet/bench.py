@@ -45,6 +45,7 @@ __all__ = [
     "bench_train",
     "format_inference_table",
     "format_train_table",
+    "int8_available",
     "environment",
     "matmul_peak_gflops",
     "forward_gflop",
@@ -152,9 +153,11 @@ def forward_gflop(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _summary(rates: dict[str, list[float]]) -> tuple[float, float, float, float]:
+def _summary(
+    rates: dict[str, list[float]], ours_key: str = "ours"
+) -> tuple[float, float, float, float]:
     """(ours median, baseline median, ratio of medians, median of per-round ratios)."""
-    ours, base = rates["ours"], rates["baseline"]
+    ours, base = rates[ours_key], rates["baseline"]
     ours_med, base_med = statistics.median(ours), statistics.median(base)
     paired = statistics.median(o / b for o, b in zip(ours, base, strict=True))
     return ours_med, base_med, ours_med / base_med, paired
@@ -180,8 +183,15 @@ def bench_inference(
     threads: int | None = None,
     model_kwargs: dict | None = None,
     seed: int = 0,
-) -> dict:
-    """Images/s of our inference path against the eager float32 baseline, interleaved.
+    int8: bool = False,
+) -> list[dict]:
+    """Images/s of our inference paths against the eager float32 baseline, interleaved.
+
+    Returns one record per path: our PyTorch path (``"path": "torch"``) and, with ``int8``,
+    the int8 ONNX export run by onnxruntime (``"path": "onnxruntime-int8"``), both against
+    the same baseline timings. The int8 model is calibrated on random inputs here (speed
+    does not depend on the values); its accuracy is measured with real data by
+    ``alexnet export --int8`` and ``alexnet eval``.
 
     The baseline is torchvision's ``AlexNet`` (random weights, shared with ours) for
     ``model="alexnet"``; for other variants it is the same variant run the plain way
@@ -255,15 +265,27 @@ def bench_inference(
 
         return work
 
-    rates = interleaved({"ours": timed(run_ours), "baseline": timed(run_baseline)}, rounds)
+    contenders = {"ours": timed(run_ours), "baseline": timed(run_baseline)}
+    if int8:
+        t0 = time.perf_counter()
+        run_int8 = _int8_runner(baseline, info.name, size, in_ch, x)
+        int8_prepare = time.perf_counter() - t0
+        int8_out = run_int8()
+        int8_err = float(
+            (int8_out - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12)
+        )
+        contenders["int8"] = timed(run_int8)
+    rates = interleaved(contenders, rounds)
     ours_ips, base_ips, speedup, paired = _summary(rates)
     # Roofline: both sides are bound by matrix throughput, so the best possible speedup is
     # (matmul GFLOP/s in our dtype) / (GFLOP/s the baseline achieves).
     gflop = forward_gflop(baseline, x)
     peak_fp32 = matmul_peak_gflops(None, dev)
     peak_ours = matmul_peak_gflops(ours.dtype, dev) if ours.dtype is not None else peak_fp32
-    return {
+    env = environment(threads, dev)
+    record = {
         "bench": "inference",
+        "path": "torch",
         "model": model,
         "batch_size": batch_size,
         "image_size": size,
@@ -286,8 +308,73 @@ def bench_inference(
         "baseline_warmup_s": round(base_warm, 2),
         "ours_rounds_ips": [round(r, 1) for r in rates["ours"]],
         "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
-        **environment(threads, dev),
+        **env,
     }
+    records = [record]
+    if int8:
+        q_ips, _, q_speedup, q_paired = _summary(rates, "int8")
+        records.append(
+            {
+                "bench": "inference",
+                "path": "onnxruntime-int8",
+                "model": model,
+                "batch_size": batch_size,
+                "image_size": size,
+                "ours_ips": round(q_ips, 1),
+                "baseline_ips": round(base_ips, 1),
+                "speedup": round(q_speedup, 3),
+                "speedup_paired": round(q_paired, 3),
+                "rounds": rounds,
+                "iters": iters,
+                "precision": "int8",
+                "weights": "int8 per channel, uint8 activations (static, QDQ)",
+                "channels_last": False,
+                "compile": False,
+                "compile_mode": None,
+                "freezing": False,
+                "baseline": baseline_name,
+                "max_rel_err": round(int8_err, 5),
+                "gflop_per_image": float(f"{gflop:.6g}"),
+                "ours_gflops": round(q_ips * gflop, 2),
+                "baseline_gflops": round(base_ips * gflop, 2),
+                "warmup_s": round(int8_prepare, 2),  # export + quantization + session
+                "ours_rounds_ips": [round(r, 1) for r in rates["int8"]],
+                "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
+                **env,
+            }
+        )
+    return records
+
+
+def int8_available() -> bool:
+    """True when the int8 path can run: onnx, onnxscript and onnxruntime are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def _int8_runner(
+    model: nn.Module, variant: str, size: int, in_ch: int, x: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    """``run() -> logits`` of ``model`` exported to int8 ONNX and loaded in onnxruntime.
+
+    Exactly what a user gets from ``alexnet export --int8`` and ``alexnet predict`` with
+    the .onnx file; calibrated on 64 random images, which is enough to time it.
+    """
+    from .export import export_model
+    from .onnxrun import OnnxModel
+    from .weights import ModelMeta
+
+    with torch.no_grad():
+        num_classes = int(model(x[:1]).shape[1])
+    meta = ModelMeta(variant=variant, num_classes=num_classes, in_channels=in_ch, image_size=size)
+    calibration = torch.randn(64, in_ch, size, size, generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-int8-") as tmp:
+        path = Path(tmp) / "model.int8.onnx"
+        export_model(model, meta, path, "onnx", int8=True, calibration=calibration, min_agreement=0)
+        runner = OnnxModel(path)  # the session holds the graph in memory; the file may go
+    x_cpu = x.cpu()
+    return lambda: runner(x_cpu)
 
 
 def format_inference_table(records: list[dict]) -> str:
@@ -306,7 +393,7 @@ def format_inference_table(records: list[dict]) -> str:
             r["model"],
             str(r["batch_size"]),
             str(r["image_size"]),
-            f"{r['precision']}{' channels_last' if r['channels_last'] else ''}",
+            _path_label(r),
             (r.get("compile_mode") or "default") if r["compile"] else "no",
             f"{r['ours_ips']:.1f}",
             f"{r['baseline_ips']:.1f}",
@@ -323,8 +410,23 @@ def format_inference_table(records: list[dict]) -> str:
         f"{r['baseline_gflops']:.0f} of {r['matmul_peak_gflops_fp32']:.0f} (fp32); best "
         f"possible speedup here ~{r['ceiling_speedup']:.2f}x"
         for r in records[:1]
+        if r.get("path", "torch") == "torch"
+    ]
+    notes += [
+        f"int8: the model exported by 'alexnet export --int8' (calibrated on random inputs "
+        f"here: speed only), run by onnxruntime; prepared in {r['warmup_s']:.0f} s; max "
+        f"relative logit error {r['max_rel_err']:g} on random weights; accuracy with real "
+        "data: README 'int8'"
+        for r in records
+        if r.get("path") == "onnxruntime-int8"
     ]
     return _table(headers, rows) + "\n" + "\n".join(notes)
+
+
+def _path_label(r: dict) -> str:
+    if r.get("path") == "onnxruntime-int8":
+        return "int8 onnxruntime"
+    return f"{r['precision']}{' channels_last' if r['channels_last'] else ''}"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -6,6 +6,11 @@ would load it (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript,
 sizes (the batch axis is dynamic). Only when every output matches PyTorch's within the
 tolerance does the file take its final name; otherwise nothing is written and
 :class:`ExportError` says by how much the outputs differ.
+
+``int8=True`` (ONNX only) quantizes the exported graph with calibration images
+(:mod:`alexnet.quantize`). An int8 model cannot match float32 to 1e-4, so its check is
+different: the right output shape at every checked batch size, and top-1 agreement with the
+float model on the calibration images of at least ``min_agreement``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from torch import nn
 from .errors import UserError
 from .weights import ModelMeta
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "export_model"]
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ExportResult",
+    "calibration_images",
+    "export_model",
+    "top1_agreement",
+]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 CHECK_BATCH_SIZES = (1, 3)  # neither is the batch size the graph was traced with (2)
@@ -45,6 +57,9 @@ class ExportResult:
     max_abs_diff: float  # largest |exported - PyTorch| over the checked batches
     batch_sizes: tuple[int, ...]
     seconds: float
+    int8: bool = False
+    top1_agreement: float | None = None  # int8: share of calibration images, 0..1
+    agreement_images: int = 0
 
 
 def _sample(meta: ModelMeta, batch: int, seed: int) -> torch.Tensor:
@@ -88,16 +103,22 @@ def _compare(
     return worst
 
 
-def _export_onnx(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
+def _require_onnx() -> None:
     try:
-        import onnx
-        import onnxruntime as ort
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as e:
         raise ExportError(
             f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
             "pip install 'alexnet[export]'"
         ) from None
+
+
+def _write_onnx(model: nn.Module, meta: ModelMeta, path: Path) -> None:
+    """The float32 graph with a dynamic batch axis, checked by onnx's checker."""
+    import onnx
+
     x = _sample(meta, 2, seed=0)
     batch = torch.export.Dim("batch", min=1, max=4096)
     log = io.StringIO()
@@ -113,24 +134,91 @@ def _export_onnx(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
                 dynamic_shapes=({0: batch},),
                 verbose=False,
             )
-            program.save(str(tmp), external_data=False)
+            program.save(str(path), external_data=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export failed: {first}") from None
-    # The metadata a user needs to feed the model: classes, size, mean and std.
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "alexnet.meta", json.dumps(meta.to_dict())
+    proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     if not dims or dims[0].dim_value:  # a fixed number instead of a named symbol
         raise ExportError("the exported ONNX graph has a fixed batch size, not a dynamic one")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+
+
+def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
+    """What a user needs to feed the model (classes, size, mean, std), inside the file."""
+    import onnx
+
+    from .onnxrun import ONNX_META_KEY
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in (
+        (ONNX_META_KEY, json.dumps(meta.to_dict())),
+        ("alexnet.precision", precision),
+    ):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _onnx_runner(path: Path) -> Callable:
+    from .onnxrun import onnx_session
+
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     return lambda t: session.run(None, {name: t.numpy()})[0]
+
+
+def _export_onnx(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
+    _require_onnx()
+    _write_onnx(model, meta, tmp)
+    _add_metadata(tmp, meta, "fp32")
+    return _onnx_runner(tmp)
+
+
+def _export_onnx_int8(
+    model: nn.Module, meta: ModelMeta, tmp: Path, calibration: torch.Tensor, method: str
+) -> Callable:
+    from .quantize import quantize_int8
+
+    _require_onnx()
+    float_tmp = tmp.with_name(f"{tmp.stem}.float{tmp.suffix}")
+    try:
+        _write_onnx(model, meta, float_tmp)
+        quantize_int8(float_tmp, tmp, calibration.numpy(), method=method)
+    finally:
+        float_tmp.unlink(missing_ok=True)
+    _add_metadata(tmp, meta, "int8")
+    return _onnx_runner(tmp)
+
+
+def _check_int8_shapes(run: Callable, model: nn.Module, meta: ModelMeta) -> float:
+    """Right shape and finite outputs at every checked batch size; the largest |diff|."""
+    worst = 0.0
+    for i, b in enumerate(CHECK_BATCH_SIZES):
+        x = _sample(meta, b, seed=i + 1)
+        with torch.inference_mode():
+            want = model(x).float().numpy()
+        got = np.asarray(run(x), dtype=np.float32)
+        if got.shape != want.shape or not np.isfinite(got).all():
+            raise ExportError(
+                f"the int8 model gives shape {got.shape} (finite: {bool(np.isfinite(got).all())}) "
+                f"for a batch of {b}; PyTorch gives {want.shape}"
+            )
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def top1_agreement(run: Callable, model: nn.Module, images: torch.Tensor, batch: int = 64) -> float:
+    """Share (0..1) of ``images`` (N, C, S, S) on which ``run`` and ``model`` pick one class."""
+    same = 0
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch]
+        with torch.inference_mode():
+            want = model(x).argmax(1).numpy()
+        same += int((np.asarray(run(x)).argmax(1) == want).sum())
+    return same / len(images)
 
 
 def _export_torchscript(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
@@ -176,6 +264,10 @@ def export_model(
     *,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+    calibration_method: str = "minmax",
+    min_agreement: float = 0.9,
 ) -> ExportResult:
     """Write ``model`` to ``path`` as ``fmt`` (onnx, torchscript or safetensors), checked.
 
@@ -184,12 +276,32 @@ def export_model(
     file: ONNX ``metadata_props["alexnet.meta"]``, TorchScript extra file ``meta.json``,
     safetensors header. Raises :class:`ExportError` (and leaves ``path`` untouched) unless
     the exported model reproduces PyTorch's outputs within ``atol + rtol * |y|``.
+
+    ``int8`` (ONNX only): quantize with ``calibration``, float32 (N, C, S, S) images
+    preprocessed as for inference (see :func:`calibration_images`); the check is then top-1
+    agreement with the float model on those images, at least ``min_agreement`` (0..1).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
     path = Path(path)
     if fmt == "safetensors" and path.suffix != ".safetensors":
         raise ExportError(f"a safetensors export must end in .safetensors, got {path.name}")
+    if int8 and fmt != "onnx":
+        raise ExportError(f"--int8 quantizes ONNX graphs only; use --format onnx, not {fmt}")
+    if int8 and (calibration is None or len(calibration) == 0):
+        raise ExportError(
+            "--int8 needs calibration images: --calibration DIR with a few hundred images like "
+            "the ones the model will see"
+        )
+    if int8 and tuple(calibration.shape[1:]) != (
+        meta.in_channels,
+        meta.image_size,
+        meta.image_size,
+    ):
+        raise ExportError(
+            f"calibration images are {tuple(calibration.shape[1:])}, the model takes "
+            f"({meta.in_channels}, {meta.image_size}, {meta.image_size})"
+        )
     if path.is_dir():
         raise ExportError(f"--output {path} is a folder; give a file name")
     try:
@@ -199,14 +311,26 @@ def export_model(
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model is left as it was
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     t0 = time.perf_counter()
-    exporter = {
-        "onnx": _export_onnx,
-        "torchscript": _export_torchscript,
-        "safetensors": _export_safetensors,
-    }[fmt]
+    agreement = None
     try:
-        run = exporter(model, meta, tmp)
-        worst = _compare(run, model, meta, atol, rtol, fmt)
+        if int8:
+            run = _export_onnx_int8(model, meta, tmp, calibration.float(), calibration_method)
+            worst = _check_int8_shapes(run, model, meta)
+            agreement = top1_agreement(run, model, calibration.float())
+            if agreement < min_agreement:
+                raise ExportError(
+                    f"the int8 model picks the float model's class on only {agreement:.1%} of "
+                    f"the {len(calibration)} calibration images (minimum {min_agreement:.0%}); "
+                    "try --calibration-method percentile, more images, or a float export"
+                )
+        else:
+            exporter = {
+                "onnx": _export_onnx,
+                "torchscript": _export_torchscript,
+                "safetensors": _export_safetensors,
+            }[fmt]
+            run = exporter(model, meta, tmp)
+            worst = _compare(run, model, meta, atol, rtol, fmt)
         os.replace(tmp, path)
     except UserError:
         raise
@@ -217,4 +341,38 @@ def export_model(
         raise ExportError(f"{fmt} export failed: {type(e).__name__}: {first}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(path, fmt, worst, CHECK_BATCH_SIZES, time.perf_counter() - t0)
+    return ExportResult(
+        path,
+        fmt,
+        worst,
+        CHECK_BATCH_SIZES,
+        time.perf_counter() - t0,
+        int8=int8,
+        top1_agreement=agreement,
+        agreement_images=len(calibration) if int8 else 0,
+    )
+
+
+def calibration_images(
+    inputs: list[str | os.PathLike], meta: ModelMeta, limit: int = 256, seed: int = 0
+) -> torch.Tensor:
+    """Up to ``limit`` images from files or folders, preprocessed as for inference.
+
+    A random (seeded) choice when there are more, so that a folder sorted by class still
+    gives every class a say. Returns float32 (N, C, S, S); unreadable files are skipped.
+    """
+    from .predict import BadInput, expand_inputs, load_image, normalize
+
+    paths, _missing = expand_inputs(inputs)
+    if len(paths) > limit:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))
+        paths = [paths[i] for i in sorted(order[:limit].tolist())]
+    images = []
+    for p in paths:
+        try:
+            images.append(load_image(p, channels=meta.in_channels, image_size=meta.image_size))
+        except BadInput:
+            continue
+    if not images:
+        raise ExportError(f"no readable images for calibration in {', '.join(map(str, inputs))}")
+    return normalize(torch.stack(images), meta).float()  # (N, C, S, S)

@@ -111,6 +111,13 @@ def _has_model_metadata(path: str | os.PathLike) -> bool:
         return False
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights live; the CPU for one without any (an ONNX file's runner)."""
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
 def class_labels(meta: ModelMeta) -> list[str]:
     """One name per output; class indices as names when the metadata has none."""
     if len(meta.classes) == meta.num_classes:
@@ -296,7 +303,7 @@ def iter_predict(
     yield from missing
     if not paths:
         return
-    device = next(model.parameters()).device  # inputs go where the model is
+    device = model_device(model)  # inputs go where the model is
     model.eval()
     labels = class_labels(meta)
     k = min(topk, meta.num_classes)
@@ -467,7 +474,7 @@ def extract_features(
         raise UserError(f"unknown layer {layer!r}; use one of {', '.join(model.layer_names)}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device  # inputs go where the model is
+    device = model_device(model)  # inputs go where the model is
     model.eval()
     src = Path(source)
     chunks: list[np.ndarray] = []

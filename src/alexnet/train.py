@@ -1156,7 +1156,7 @@ def evaluate(
     amp_dtype = resolve_precision(precision, dev)
     model, meta = load_model_file(path, device=dev)
     train_cfg: dict[str, Any] = {}
-    if path.suffix != ".safetensors":
+    if path.suffix not in (".safetensors", ".onnx"):  # a checkpoint: it knows its run
         train_cfg = dict(load_checkpoint(path).get("config") or {})
     if dataset is None:
         dataset = "imagefolder" if data is not None else train_cfg.get("dataset")

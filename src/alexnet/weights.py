@@ -403,14 +403,20 @@ def load_model_file(
 ) -> tuple[nn.Module, ModelMeta]:
     """Build the model a model file describes, load its weights, return it in eval mode.
 
-    ``path`` is a ``model.safetensors`` written by :func:`save_model_file` or a checkpoint
-    ``.pt`` (a dict with ``"model"`` and ``"meta"``). The model gets ``class_names``.
+    ``path`` is a ``model.safetensors`` written by :func:`save_model_file`, a checkpoint
+    ``.pt`` (a dict with ``"model"`` and ``"meta"``) or an ``.onnx`` file written by
+    ``alexnet export`` (run by onnxruntime on the CPU: :mod:`alexnet.onnxrun`). The model
+    gets ``class_names``.
     """
     from .models import get_model
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"model file {path} does not exist")
+    if path.suffix == ".onnx":
+        from .onnxrun import load_onnx_model
+
+        return load_onnx_model(path)
     if path.suffix == ".safetensors":
         state, metadata = _read_safetensors(path)
         if metadata.get("format") != MODEL_FILE_FORMAT or "meta" not in metadata:

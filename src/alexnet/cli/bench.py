@@ -54,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inference",
         help="inference images/s: ours vs torchvision's float32 eager AlexNet",
-        description="Our inference path (channels_last, bf16 weights where the CPU supports "
-        "bf16, torch.compile with freezing) against torchvision's eager float32 AlexNet on "
-        "random weights and inputs; interleaved rounds, medians.",
+        description="Our inference paths (PyTorch: channels_last, bf16 weights where the CPU "
+        "supports bf16, torch.compile with freezing; and the int8 ONNX export in onnxruntime) "
+        "against torchvision's eager float32 AlexNet on random weights and inputs; "
+        "interleaved rounds, medians. One JSON line per path with --json.",
     )
     _common(p)
     p.add_argument(
@@ -77,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"],
         help="torch.compile mode (default: inductor's default)",
+    )
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the int8 ONNX export in onnxruntime (default: on when onnxruntime "
+        "is installed)",
     )
     p.set_defaults(func=cmd_inference)
 
@@ -148,7 +156,14 @@ def cmd_inference(args: argparse.Namespace) -> int:
         threads=args.threads,
         image_size=args.image_size,
     )
-    record = bench_inference(
+    from ..bench import int8_available
+
+    int8 = int8_available() if args.int8 is None else args.int8
+    if int8 and not int8_available():
+        raise UserError(
+            "--int8 needs onnx, onnxscript and onnxruntime: pip install 'alexnet[export]'"
+        )
+    records = bench_inference(
         args.model,
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -162,8 +177,12 @@ def cmd_inference(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         model_kwargs=args.model_kwargs,
+        int8=int8,
     )
-    print(json.dumps(record) if args.json else format_inference_table([record]), flush=True)
+    if args.json:
+        print("\n".join(json.dumps(r) for r in records), flush=True)
+    else:
+        print(format_inference_table(records), flush=True)
     return 0
 
 

@@ -34,10 +34,15 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
     from ..predict import load_for_inference
     from ..runtime import pick_device
 
+    if not onnx_ok and str(args.checkpoint or args.weights or "").endswith(".onnx"):
+        raise UserError(
+            f"'alexnet {args.command}' needs the PyTorch model (model.safetensors or a "
+            "checkpoint), not an ONNX export; ONNX files work with predict and eval"
+        )
     return load_for_inference(
         checkpoint=args.checkpoint,
         weights=args.weights,
@@ -106,6 +111,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="PATH")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    q = p.add_argument_group("int8 quantization (ONNX, run by onnxruntime)")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization: int8 weights per channel, uint8 activations",
+    )
+    q.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="images like the ones the model will see (folders searched recursively)",
+    )
+    q.add_argument(
+        "--calibration-images",
+        type=int,
+        default=256,
+        metavar="N",
+        help="use at most N of them, a seeded random choice (default 256)",
+    )
+    q.add_argument(
+        "--calibration-method",
+        default="minmax",
+        choices=["minmax", "percentile", "entropy"],
+        help="how activation ranges are chosen (default minmax)",
+    )
+    q.add_argument(
+        "--min-agreement",
+        type=float,
+        default=90.0,
+        metavar="PERCENT",
+        help="fail unless int8 and float pick the same class on this share of the "
+        "calibration images (default 90)",
+    )
     p.set_defaults(func=cmd_export)
 
     # ---- viz
@@ -191,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from ..predict import extract_features, save_features
 
-    model, meta = _load(args)
+    model, meta = _load(args, onnx_ok=False)
     fs = extract_features(
         model,
         meta,
@@ -220,18 +258,49 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_model
+    from ..export import calibration_images, export_model
 
-    model, meta = _load(args)
-    r = export_model(model, meta, args.output, args.format, atol=args.atol, rtol=args.rtol)
-    runner = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "safetensors": "reloaded"}
-    print(
-        f"wrote {r.path} ({r.format}, input 'input' (B, {meta.in_channels}, {meta.image_size}, "
-        f"{meta.image_size}) with a dynamic batch axis B)\n"
-        f"checked: {runner[r.format]} outputs match PyTorch at batch sizes "
-        f"{' and '.join(map(str, r.batch_sizes))}, max |diff| {r.max_abs_diff:.2g} "
-        f"(tolerance {args.atol:g} + {args.rtol:g}*|y|)"
+    if args.calibration and not args.int8:
+        raise UserError("--calibration is for --int8 exports; add --int8 or leave it out")
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+    if not 0 <= args.min_agreement <= 100:
+        raise UserError(f"--min-agreement is a percentage 0-100, got {args.min_agreement}")
+    model, meta = _load(args, onnx_ok=False)
+    calibration = None
+    if args.int8 and args.calibration:
+        calibration = calibration_images(args.calibration, meta, limit=args.calibration_images)
+    r = export_model(
+        model,
+        meta,
+        args.output,
+        args.format,
+        atol=args.atol,
+        rtol=args.rtol,
+        int8=args.int8,
+        calibration=calibration,
+        calibration_method=args.calibration_method,
+        min_agreement=args.min_agreement / 100,
     )
+    runner = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "safetensors": "reloaded"}
+    shape = f"(B, {meta.in_channels}, {meta.image_size}, {meta.image_size})"
+    print(
+        f"wrote {r.path} ({r.format}{' int8' if r.int8 else ''}, input 'input' {shape} with a "
+        "dynamic batch axis B)"
+    )
+    if r.int8:
+        print(
+            f"checked: onnxruntime gives (B, {meta.num_classes}) at batch sizes "
+            f"{' and '.join(map(str, r.batch_sizes))}; int8 and float32 pick the same class on "
+            f"{r.top1_agreement:.1%} of {r.agreement_images} calibration images\n"
+            f"accuracy on your test split: alexnet eval {r.path} --dataset NAME (or --data ROOT)"
+        )
+    else:
+        print(
+            f"checked: {runner[r.format]} outputs match PyTorch at batch sizes "
+            f"{' and '.join(map(str, r.batch_sizes))}, max |diff| {r.max_abs_diff:.2g} "
+            f"(tolerance {args.atol:g} + {args.rtol:g}*|y|)"
+        )
     return 0
 
 
@@ -256,7 +325,7 @@ def _image(args: argparse.Namespace, meta):
 def cmd_viz_filters(args: argparse.Namespace) -> int:
     from ..viz import save_filters
 
-    model, _ = _load(args)
+    model, _ = _load(args, onnx_ok=False)
     out = save_filters(model, args.output or f"{_stem(args)}-conv1-filters.png")
     print(f"wrote {out}")
     return 0
@@ -265,7 +334,7 @@ def cmd_viz_filters(args: argparse.Namespace) -> int:
 def cmd_viz_activations(args: argparse.Namespace) -> int:
     from ..viz import save_activations
 
-    model, meta = _load(args)
+    model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
     out = args.output or f"{Path(args.image).stem}-{args.layer}.png"
     print(f"wrote {save_activations(model, meta, image, args.layer, out)}")
@@ -275,7 +344,7 @@ def cmd_viz_activations(args: argparse.Namespace) -> int:
 def cmd_viz_gradcam(args: argparse.Namespace) -> int:
     from ..viz import save_gradcam
 
-    model, meta = _load(args)
+    model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
     out = args.output or f"{Path(args.image).stem}-gradcam.png"
     path = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)

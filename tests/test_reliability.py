@@ -492,7 +492,7 @@ class _NoSpaceFile:
 
 
 class _FullDisk:
-    """``open`` for alexnet.checkpoint: writes to files named like ``victim`` hit a full disk."""
+    """``open`` for alexnet.atomic: writes to files named like ``victim`` hit a full disk."""
 
     def __init__(self, victim: str):
         self.victim = victim
@@ -511,13 +511,13 @@ class _FullDisk:
 def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(
     tmp_path: Path, finished_run: Path, monkeypatch, capsys
 ) -> None:
-    import alexnet.checkpoint as ckmod
+    import alexnet.atomic as atomic
 
     run = copy_run(finished_run, tmp_path / "runs" / "full")
     ck = run / "checkpoints"
     before = {n: (ck / n).read_bytes() for n in ("last.pt", "last.prev.pt", "best.pt")}
     disk = _FullDisk("last.pt")
-    monkeypatch.setattr(ckmod, "open", disk, raising=False)
+    monkeypatch.setattr(atomic, "open", disk, raising=False)
     capsys.readouterr()
     rc = main(["train", "--resume", str(run), "--epochs", "4"])
     err = capsys.readouterr().err
@@ -536,17 +536,11 @@ def test_full_disk_while_writing_the_model_file_is_one_sentence(
     tmp_path: Path, finished_run: Path, monkeypatch, capsys
 ) -> None:
     """The end of a run (model.safetensors) on a full disk: one line, the old file intact."""
-    import alexnet.weights as wmod
+    import alexnet.atomic as atomic
 
     run = copy_run(finished_run, tmp_path / "runs" / "fullmodel")
     old = (run / "model.safetensors").read_bytes()
-    real_fdopen = os.fdopen
-
-    def fdopen(fd, mode="r", *a, **k):
-        f = real_fdopen(fd, mode, *a, **k)
-        return _NoSpaceFile(f) if "w" in mode else f
-
-    monkeypatch.setattr(wmod.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic, "open", _FullDisk("model.safetensors"), raising=False)
     capsys.readouterr()
     rc = main(["train", "--resume", str(run), "--epochs", "4"])
     err = capsys.readouterr().err

@@ -5,15 +5,13 @@ strings, lists, dicts): model and optimiser state, schedule, scaler, epoch and s
 states of Python, NumPy and torch (CPU and CUDA), the resolved config, class names and the
 metrics history. Nothing in it is executable, and loading never runs code from the file.
 
-Writing goes to a temporary file in the same folder, is flushed and fsynced, and then
-replaces the target with ``os.replace``: a kill at any instant leaves either the old or the
-new file whole. torch's zip container stores a CRC-32 per entry; :func:`load_checkpoint`
+Writing goes through :mod:`alexnet.atomic` (temporary file, fsync, ``os.replace``): a kill
+at any instant leaves either the old or the new file whole. torch's zip container stores a CRC-32 per entry; :func:`load_checkpoint`
 verifies them, so a truncated or bit-flipped file is named instead of silently loaded.
 """
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import pickle
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import fsync_dir, slow_write_delay, write_atomic
 from .errors import WeightsError
 from .weights import _unpickler_reason, runs_code
 
@@ -44,74 +43,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "epoch")
-
-
-# Test hook: seconds that every atomic write is stretched over (written in pieces, with
-# pauses, and a pause between the two renames that keep last.prev.pt), so that a test can
-# SIGKILL a training process in the middle of a checkpoint write. Never set it otherwise.
-SLOW_WRITE_ENV = "ALEXNET_TEST_SLOW_WRITE"
-
-
-def _test_write_delay() -> float:
-    """The one place :data:`SLOW_WRITE_ENV` is read (0 when unset)."""
-    try:
-        return max(0.0, float(os.environ.get(SLOW_WRITE_ENV) or 0))
-    except ValueError:
-        return 0.0
-
-
-def write_atomic(path: str | Path, data: bytes, *, shown_as: str | Path | None = None) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the new one.
-
-    A full disk or an unwritable folder raises :class:`WeightsError` naming the file (or
-    ``shown_as``); the previous file, if any, is left as it was. Temporary files that a
-    killed process left next to ``path`` are removed once the new file is in place.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    delay = _test_write_delay()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            if delay:  # the test hook: four pieces, each on disk before a pause
-                step = -(-len(data) // 4) or 1
-                for i in range(0, len(data), step):
-                    f.write(data[i : i + step])
-                    f.flush()
-                    time.sleep(delay / 4)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise WeightsError(
-            f"could not write {shown_as or path}: {e.strerror or e}; the previous file (if any) "
-            "is intact"
-        ) from None
-    _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (a no-op where directories cannot be fsynced)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(
@@ -134,10 +65,10 @@ def save_checkpoint(
         # there leaves them for load_resume_checkpoint, which tries .next first.
         write_atomic(nxt, buf.getvalue(), shown_as=path)
         os.replace(path, prev)
-        if _test_write_delay():
-            time.sleep(_test_write_delay())
+        if slow_write_delay():
+            time.sleep(slow_write_delay())
         os.replace(nxt, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return path
     write_atomic(path, buf.getvalue())
     nxt.unlink(missing_ok=True)  # an older one, left by a kill between the renames

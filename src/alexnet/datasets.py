@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from . import imagecache as ic
+from .atomic import replacing
 from .errors import DataError
 
 log = logging.getLogger("alexnet.data")
@@ -314,13 +315,11 @@ class FashionMnist(Source):
         for name in needed:
             plain, packed = self.raw / name, self.raw / f"{name}.gz"
             if not plain.is_file() and packed.is_file():
-                tmp = plain.with_suffix(".tmp")
                 try:
-                    with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    os.replace(tmp, plain)
+                    with replacing(plain, error=None) as tmp:
+                        with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
                 except (OSError, EOFError) as e:
-                    tmp.unlink(missing_ok=True)
                     raise DataError(f"fashion-mnist: cannot unpack {packed} ({e})") from None
 
     def load(self, split: str) -> RawSplit:

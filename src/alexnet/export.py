@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import replacing
 from .errors import UserError
 from .weights import ModelMeta
 
@@ -309,38 +310,25 @@ def export_model(
     except OSError as e:
         raise ExportError(f"cannot create the folder of {path}: {e.strerror or e}") from None
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model is left as it was
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     t0 = time.perf_counter()
     agreement = None
     try:
-        if int8:
-            run = _export_onnx_int8(model, meta, tmp, calibration.float(), calibration_method)
-            worst = _check_int8_shapes(run, model, meta)
-            agreement = top1_agreement(run, model, calibration.float())
-            if agreement < min_agreement:
+        # The file takes its final name only when every check below has passed.
+        with replacing(path, keep_suffix=True, error=ExportError) as tmp:
+            worst, agreement = _write_and_check(
+                model, meta, tmp, fmt, atol, rtol, int8, calibration, calibration_method
+            )
+            if int8 and agreement < min_agreement:
                 raise ExportError(
                     f"the int8 model picks the float model's class on only {agreement:.1%} of "
                     f"the {len(calibration)} calibration images (minimum {min_agreement:.0%}); "
                     "try --calibration-method percentile, more images, or a float export"
                 )
-        else:
-            exporter = {
-                "onnx": _export_onnx,
-                "torchscript": _export_torchscript,
-                "safetensors": _export_safetensors,
-            }[fmt]
-            run = exporter(model, meta, tmp)
-            worst = _compare(run, model, meta, atol, rtol, fmt)
-        os.replace(tmp, path)
     except UserError:
         raise
-    except OSError as e:
-        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
     except Exception as e:  # onnx checker, onnxruntime session, ...: never a success
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(f"{fmt} export failed: {type(e).__name__}: {first}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(
         path,
         fmt,
@@ -351,6 +339,31 @@ def export_model(
         top1_agreement=agreement,
         agreement_images=len(calibration) if int8 else 0,
     )
+
+
+def _write_and_check(
+    model: nn.Module,
+    meta: ModelMeta,
+    tmp: Path,
+    fmt: str,
+    atol: float,
+    rtol: float,
+    int8: bool,
+    calibration: torch.Tensor | None,
+    calibration_method: str,
+) -> tuple[float, float | None]:
+    """Write ``tmp`` and run it: (largest |diff| to PyTorch, int8 top-1 agreement or None)."""
+    if int8:
+        run = _export_onnx_int8(model, meta, tmp, calibration.float(), calibration_method)
+        worst = _check_int8_shapes(run, model, meta)
+        return worst, top1_agreement(run, model, calibration.float())
+    exporter = {
+        "onnx": _export_onnx,
+        "torchscript": _export_torchscript,
+        "safetensors": _export_safetensors,
+    }[fmt]
+    run = exporter(model, meta, tmp)
+    return _compare(run, model, meta, atol, rtol, fmt), None
 
 
 def calibration_images(

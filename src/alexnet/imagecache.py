@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -398,20 +397,13 @@ class TensorCache:
         return entry
 
     def save(self, key: dict, entry: dict) -> Path | None:
-        """Write atomically (temp file in the same folder, fsync, rename); drop stale versions."""
+        """Write atomically (:mod:`alexnet.atomic`); drop stale versions."""
+        from .atomic import replacing
+
         path, prefix = self._path(key)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save({**entry, "key": key}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with replacing(path, error=None) as tmp:
+                torch.save({**entry, "key": key}, tmp)
             for old in self.dir.glob(f"{prefix}-*.pt"):
                 if old != path:
                     old.unlink(missing_ok=True)

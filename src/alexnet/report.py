@@ -239,7 +239,7 @@ def write_report(
     ``confusion`` is (K, K) int (rows true, columns predicted); ``samples`` uint8
     (N, C, H, W) validation images with their true and predicted class indices.
     """
-    from .checkpoint import write_atomic
+    from .atomic import write_atomic
 
     run_dir = Path(run_dir)
     text = render_report(

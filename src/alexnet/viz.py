@@ -64,7 +64,7 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    from .checkpoint import write_atomic
+    from .atomic import write_atomic
 
     return write_atomic(Path(path), figure_png(fig))
 

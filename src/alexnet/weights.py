@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -328,19 +327,6 @@ def load_weights(
 # Model files: weights + what is needed to rebuild and feed the model.
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     while True:
         if hasattr(model, "_orig_mod"):  # torch.compile
@@ -354,8 +340,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def save_model_file(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     """Write ``model``'s weights and ``meta`` to a ``.safetensors`` file, atomically.
 
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, then
-    ``os.replace`` puts them at ``path``: a crash leaves either the old file or the new one.
+    Written through :func:`alexnet.atomic.write_atomic`: a crash leaves either the old file
+    or the new one.
     The metadata carries a SHA-256 of the content, checked by every read. A full disk or an
     unwritable folder raises :class:`WeightsError` naming the file.
     """
@@ -366,36 +352,9 @@ def save_model_file(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path
     metadata = {"format": MODEL_FILE_FORMAT, "meta": json.dumps(meta.to_dict())}
     metadata[DIGEST_KEY] = _content_digest(state, metadata)
     data = st_save(state, metadata=metadata)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a model file is not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(
-            f"could not write {path}: {e.strerror or e}; the previous file (if any) is intact"
-        ) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process that was killed
-        stale.unlink(missing_ok=True)
-    return path
+    from .atomic import write_atomic
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return write_atomic(path, data)
 
 
 def load_model_file(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import os
 import sys
@@ -315,6 +316,7 @@ def setup(device: str = "auto", *, timeout: float | None = None) -> DistContext:
         if name not in os.environ:
             raise UserError(f"{name} is not set; start distributed training with torchrun")
     limit = _timeout(backend, timeout)
+    _import_group_defaults()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.distributed.init_process_group(
@@ -334,12 +336,41 @@ def setup(device: str = "auto", *, timeout: float | None = None) -> DistContext:
     )
 
 
+def _import_group_defaults() -> None:
+    """Import ``torch.distributed.nn`` while no process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated once, at
+    import. Imported after ``init_process_group`` (DistributedDataParallel imports it,
+    through torch._dynamo) those defaults hold the world group for the rest of the process:
+    ``destroy_process_group`` then cannot free it, and its gloo worker threads run on into
+    interpreter shutdown. A worker still releasing the tensors of the last collective
+    there needs the GIL, is ended by the finalizing interpreter, and C++ aborts the process
+    ("terminate called without an active exception"). Imported first, the defaults are
+    None (the default group, looked up at call time) and hold nothing.
+    """
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except ImportError:  # a build without it: then nothing holds the group either
+        pass
+
+
 def teardown(ctx: DistContext, *, clean: bool = True) -> None:
-    """Leave the process group ``setup`` joined. After a failure an NCCL group is left to
-    the process exit: destroying it with collectives in flight can block."""
+    """Leave the process group ``setup`` joined, and free its groups.
+
+    The groups' worker threads stop when the last reference to a group goes, so before
+    destroying: drop :meth:`DistContext.main_first`'s group and collect the garbage cycles
+    that still hold a DDP wrapper (its reducer holds the group) or a DataLoader (its
+    persistent workers). Every thread of the group is then joined here, while the
+    interpreter runs, instead of racing its shutdown (see :func:`_import_group_defaults`).
+    A module still referenced by the caller keeps its group until the caller drops it.
+    After a failure an NCCL group is left to the process exit: destroying it with
+    collectives in flight can block.
+    """
     if not ctx.owns_group or not torch.distributed.is_initialized():
         return
+    ctx._prepare_group = None
     if clean or ctx.backend == "gloo":
+        gc.collect()
         torch.distributed.destroy_process_group()
     ctx.owns_group = False
 

@@ -2,7 +2,8 @@
 
 Each command group lives in its own module with ``register(subparsers)``, which adds its
 subcommands and sets ``func`` (a function of the parsed args returning an exit status).
-A :class:`alexnet.errors.UserError` becomes one line on stderr and exit status 2.
+A :class:`alexnet.errors.UserError` becomes one line on stderr and exit status 2, and so
+does a command line argparse rejects (see :class:`ArgumentParser`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,42 @@ import argparse
 import errno
 import os
 import sys
+from typing import NoReturn
 
 from ..errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with its usage errors as one line like every other error:
+    ``alexnet: error: MESSAGE; see 'alexnet viz filters --help'`` on stderr, exit status 2,
+    no usage block.
+
+    Subcommand parsers are of this class too, nested ones included: ``add_subparsers()``
+    makes its parsers of the class of the parser it is called on unless given another
+    ``parser_class``. Unrecognized arguments are found by the top-level parser after the
+    subcommands have parsed; they name the subcommand the command line chose.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # one line, whatever the message holds
+        self.exit(2, f"alexnet: error: {message}; see '{self.prog} --help'\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost (sub)command parser ``parsed`` went through."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(parsed, subs[0].dest, None) if subs else None
+            if not subs or name not in subs[0].choices:
+                return parser
+            parser = subs[0].choices[name]
+
 
 # Command-group modules, in the order their commands appear in ``alexnet --help``.
 _GROUPS = ["train", "inspect", "use", "bench"]
@@ -21,12 +56,12 @@ _GROUPS = ["train", "inspect", "use", "bench"]
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alexnet",
         description="The AlexNet toolkit: models, training, evaluation and the tools around them.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for group in _GROUPS:
         try:
             module = importlib.import_module(f"{__name__}.{group}")

@@ -37,6 +37,9 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     options.log_severity_level = 3  # errors only: no notes about unused initializers
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # onnxruntime's worker threads otherwise busy-wait after each call, taking the cores
+    # from whatever runs next in the process (PyTorch, the data loading).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -14,6 +14,24 @@ from alexnet.models import get_model
 TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_dataset_cache(tmp_path_factory):
+    """Every test decodes into a cache of its session, never the user's ~/.cache/alexnet.
+
+    Tests that need a cache of their own still set ALEXNET_CACHE themselves (monkeypatch);
+    module-scoped fixtures and subprocesses inherit this one.
+    """
+    import os
+
+    before = os.environ.get("ALEXNET_CACHE")
+    os.environ["ALEXNET_CACHE"] = str(tmp_path_factory.mktemp("alexnet-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ALEXNET_CACHE", None)
+    else:
+        os.environ["ALEXNET_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def built_model() -> Callable[[str], nn.Module]:
     """``built_model(name)``: the variant at its defaults, built once per session (seed 0).

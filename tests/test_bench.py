@@ -184,3 +184,39 @@ def test_bench_train_without_train_folder_is_a_user_error(tmp_path, capsys):
     assert main(["bench", "train", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("alexnet: error:") and "train/<class>" in err
+
+
+def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit(
+    tmp_path, capsys
+):
+    """The same command on a tiny folder: the figures agree with the run's own metrics."""
+    from alexnet.train import read_metrics
+
+    root = _image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
+    argv = ["bench", "time-to-accuracy", "--data", str(root), "--recipe", "cifar10-fast"]
+    argv += ["--epochs", "2", "--target", "1", "--run-dir", str(tmp_path / "runs")]
+    argv += ["--set", "image_size=16", "--set", "batch_size=8"]
+    argv += ["--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]
+    assert main([*argv, "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = read_metrics(next((tmp_path / "runs").iterdir()) / "metrics.csv")
+    assert rec["epochs"] == 2 and [r["epoch"] for r in rows] == [1, 2]
+    assert rec["final_top1"] == rows[-1]["val_top1"]
+    assert rec["best_top1"] == max(r["val_top1"] for r in rows)
+    # a 1% target is reached after the first epoch, before the run ended
+    assert rec["reached"] and rec["epoch_reached"] == 1
+    assert 0 < rec["time_to_target_s"] <= rec["wall_s"]
+    times = [c["time_s"] for c in rec["curve"]]
+    assert times == sorted(times) and len(times) == 2 and times[-1] <= rec["wall_s"]
+    assert rec["peak_rss_mb"] > 0 and rec["run_dir"].startswith(str(tmp_path / "runs"))
+
+
+def test_time_to_accuracy_says_when_the_target_was_not_reached(tmp_path, capsys):
+    argv = ["bench", "time-to-accuracy", "--recipe", "digits", "--dataset", "digits"]
+    argv += ["--epochs", "1", "--target", "100", "--run-dir", str(tmp_path / "runs")]
+    argv += ["--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header, rule, row = out.splitlines()[-4:-1]
+    assert "reached" in header and row.split()[0] == "digits"
+    assert " no " in row  # 100% after one epoch of a tiny model: not reached

@@ -72,6 +72,7 @@ METRIC_COLUMNS = [
     "lr",
     "epoch_time",
     "images_per_s",
+    "elapsed",  # seconds from the start of this process's run to the end of the epoch
 ]
 
 # Settings that say where and how fast to run, not what to compute: a resumed run may change them.
@@ -851,6 +852,9 @@ def run(
                         "lr": epoch_lr,
                         "epoch_time": tr["time"] + (val["time"] if val else 0.0),
                         "images_per_s": tr["images_per_s"],
+                        # time to accuracy: with val_top1, the curve `bench time-to-accuracy`
+                        # reads (a resumed run counts from its resume)
+                        "elapsed": time.perf_counter() - t_start,
                     }
                 )
                 if stop.requested and epoch < cfg.epochs:  # Ctrl-C during validation or saving

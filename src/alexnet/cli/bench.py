@@ -121,6 +121,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_train)
 
+    _register_time_to_accuracy(sub)
+
+
+def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
+    from .train import _set_value
+
+    p = sub.add_parser(
+        "time-to-accuracy",
+        help="one recipe run from a cold cache: wall time, accuracy, when the target was hit",
+        description="Train a recipe once (default cifar10-fast) on --data and report the wall "
+        "time from before the run to its end (the first decode into an empty cache "
+        "included), the final and best validation top-1, and the epoch and time at which "
+        "validation top-1 first reached --target.",
+    )
+    p.add_argument("--data", metavar="ROOT", help="the dataset's folder (ROOT/train/<class>/...)")
+    p.add_argument("--recipe", default="cifar10-fast", help="recipe (default: cifar10-fast)")
+    p.add_argument(
+        "--dataset", default="imagefolder", help="dataset of the run (default: imagefolder)"
+    )
+    p.add_argument(
+        "--target", type=float, default=85.0, help="validation top-1 in percent (default: 85)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument(
+        "--cache-dir", default=None, help="decoded-image cache (default: a fresh empty folder)"
+    )
+    p.add_argument(
+        "--run-dir", default=None, help="parent folder of the run folder (default: runs)"
+    )
+    p.add_argument(
+        "--set",
+        dest="set_",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_set_value,
+        help="any other TrainConfig key, as for alexnet train",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_time_to_accuracy)
+
+
+def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
+    from ..bench import bench_time_to_accuracy, format_time_to_accuracy
+
+    _check_positive(epochs=args.epochs)
+    if not 0 < args.target <= 100:
+        raise UserError(f"--target is a top-1 percentage in (0, 100], got {args.target}")
+    overrides = dict(args.set_ or [])
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    record = bench_time_to_accuracy(
+        args.data,
+        recipe=args.recipe,
+        dataset=args.dataset,
+        target=args.target,
+        cache_dir=args.cache_dir,
+        run_dir=args.run_dir,
+        overrides=overrides,
+    )
+    print(json.dumps(record) if args.json else format_time_to_accuracy([record]), flush=True)
+    return 0
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()

@@ -177,7 +177,12 @@ def _add_eval(sub) -> None:
         help="accuracy of a trained model on a dataset split",
         description="Top-1, top-5, per-class accuracy and a confusion matrix of a saved model.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="model.safetensors or .pt")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="model.safetensors, a checkpoint .pt, or an .onnx from alexnet export (int8 too)",
+    )
     p.add_argument("--dataset", help="registered dataset name")
     p.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder without --dataset)")
     p.add_argument("--split", choices=["val", "test"], default="test")

@@ -18,7 +18,8 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     ex.add_argument(
         "--checkpoint",
         metavar="FILE",
-        help="a run's model.safetensors or checkpoints/*.pt (they carry classes and preprocessing)",
+        help="a run's model.safetensors or checkpoints/*.pt (they carry classes and preprocessing), "
+        "or an .onnx written by alexnet export (predict only)",
     )
     ex.add_argument(
         "--weights",

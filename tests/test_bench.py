@@ -186,9 +186,7 @@ def test_bench_train_without_train_folder_is_a_user_error(tmp_path, capsys):
     assert err.startswith("alexnet: error:") and "train/<class>" in err
 
 
-def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit(
-    tmp_path, capsys
-):
+def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit(tmp_path, capsys):
     """The same command on a tiny folder: the figures agree with the run's own metrics."""
     from alexnet.train import read_metrics
 

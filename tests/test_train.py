@@ -90,7 +90,10 @@ def tiny(data: Path, tmp_path: Path, **kw) -> dict:
 
 
 def no_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "elapsed")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "elapsed")}
+        for r in rows
+    ]
 
 
 # ------------------------------------------------------------------------ a whole run

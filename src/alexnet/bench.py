@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import itertools
 import os
 import platform
@@ -281,72 +282,66 @@ def bench_inference(
         )
         contenders["int8"] = timed(run_int8)
     rates = interleaved(contenders, rounds)
-    ours_ips, base_ips, speedup, paired = _summary(rates)
+    base_ips = statistics.median(rates["baseline"])
     # Roofline: both sides are bound by matrix throughput, so the best possible speedup is
     # (matmul GFLOP/s in our dtype) / (GFLOP/s the baseline achieves).
     gflop = forward_gflop(baseline, x)
     peak_fp32 = matmul_peak_gflops(None, dev)
     peak_ours = matmul_peak_gflops(ours.dtype, dev) if ours.dtype is not None else peak_fp32
     env = environment(threads, dev)
-    record = {
-        "bench": "inference",
-        "path": "torch",
-        "model": model,
-        "batch_size": batch_size,
-        "image_size": size,
-        "ours_ips": round(ours_ips, 1),
-        "baseline_ips": round(base_ips, 1),
-        "speedup": round(speedup, 3),
-        "speedup_paired": round(paired, 3),
-        "rounds": rounds,
-        "iters": iters,
-        **ours.describe(),
-        "baseline": baseline_name,
-        "max_rel_err": round(rel_err, 5),
-        "gflop_per_image": float(f"{gflop:.6g}"),
-        "ours_gflops": round(ours_ips * gflop, 2),
-        "baseline_gflops": round(base_ips * gflop, 2),
-        "matmul_peak_gflops_fp32": round(peak_fp32, 1),
-        "matmul_peak_gflops_ours": round(peak_ours, 1),
-        "ceiling_speedup": round(peak_ours / (base_ips * gflop), 3),
-        "warmup_s": round(ours_warm, 2),
-        "baseline_warmup_s": round(base_warm, 2),
-        "ours_rounds_ips": [round(r, 1) for r in rates["ours"]],
-        "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
-        **env,
-    }
-    records = [record]
+
+    def record(key: str, path: str, **specific) -> dict:
+        """One path's record: its own rates against the baseline timed in the same rounds."""
+        ips, base_ips, speedup, paired = _summary(rates, key)
+        return {
+            "bench": "inference",
+            "path": path,
+            "model": model,
+            "batch_size": batch_size,
+            "image_size": size,
+            "ours_ips": round(ips, 1),
+            "baseline_ips": round(base_ips, 1),
+            "speedup": round(speedup, 3),
+            "speedup_paired": round(paired, 3),
+            "rounds": rounds,
+            "iters": iters,
+            **specific,
+            "baseline": baseline_name,
+            "gflop_per_image": float(f"{gflop:.6g}"),
+            "ours_gflops": round(ips * gflop, 2),
+            "baseline_gflops": round(base_ips * gflop, 2),
+            "ours_rounds_ips": [round(r, 1) for r in rates[key]],
+            "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
+            **env,
+        }
+
+    records = [
+        record(
+            "ours",
+            "torch",
+            **ours.describe(),
+            max_rel_err=round(rel_err, 5),
+            matmul_peak_gflops_fp32=round(peak_fp32, 1),
+            matmul_peak_gflops_ours=round(peak_ours, 1),
+            ceiling_speedup=round(peak_ours / (base_ips * gflop), 3),
+            warmup_s=round(ours_warm, 2),
+            baseline_warmup_s=round(base_warm, 2),
+        )
+    ]
     if int8:
-        q_ips, _, q_speedup, q_paired = _summary(rates, "int8")
         records.append(
-            {
-                "bench": "inference",
-                "path": "onnxruntime-int8",
-                "model": model,
-                "batch_size": batch_size,
-                "image_size": size,
-                "ours_ips": round(q_ips, 1),
-                "baseline_ips": round(base_ips, 1),
-                "speedup": round(q_speedup, 3),
-                "speedup_paired": round(q_paired, 3),
-                "rounds": rounds,
-                "iters": iters,
-                "precision": "int8",
-                "weights": "int8 per channel, uint8 activations (static, QDQ)",
-                "channels_last": False,
-                "compile": False,
-                "compile_mode": None,
-                "freezing": False,
-                "baseline": baseline_name,
-                "max_rel_err": round(int8_err, 5),
-                "gflop_per_image": float(f"{gflop:.6g}"),
-                "ours_gflops": round(q_ips * gflop, 2),
-                "baseline_gflops": round(base_ips * gflop, 2),
-                "warmup_s": round(int8_prepare, 2),  # export + quantization + session
-                "ours_rounds_ips": [round(r, 1) for r in rates["int8"]],
-                "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
-                **env,
-            }
+            record(
+                "int8",
+                "onnxruntime-int8",
+                precision="int8",
+                weights="int8 per channel, uint8 activations (static, QDQ)",
+                channels_last=False,
+                compile=False,
+                compile_mode=None,
+                freezing=False,
+                max_rel_err=round(int8_err, 5),
+                warmup_s=round(int8_prepare, 2),  # export + quantization + session
+            )
         )
     return records
 
@@ -537,8 +532,8 @@ def bench_train(
     # --- ours: decode once (timed), then batches from memory --------------------------
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-cache-") as tmp:
         where = cache_dir or tmp
-        t0 = time.perf_counter()
-        bundle = load_data(
+        load = functools.partial(
+            load_data,
             "imagefolder",
             root=str(root),
             load_size=load_size,
@@ -547,17 +542,11 @@ def bench_train(
             seed=seed,
             cache_dir=where,
         )
+        t0 = time.perf_counter()
+        bundle = load()  # decodes into the empty cache
         decode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        load_data(
-            "imagefolder",
-            root=str(root),
-            load_size=load_size,
-            val_split="holdout",
-            val_fraction=0.1,
-            seed=seed,
-            cache_dir=where,
-        )
+        load()  # the same, from the cache
         cache_load_s = time.perf_counter() - t0
     if bundle.train.images is None:
         raise UserError("bench train needs a folder whose decoded images fit in memory")
@@ -779,8 +768,9 @@ def bench_time_to_accuracy(
 
     from .train import train
 
+    cold = cache_dir is None
     with contextlib.ExitStack() as stack:
-        if cache_dir is None:  # cold: the decode is part of the time to accuracy
+        if cold:  # the decode is part of the time to accuracy
             cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="alexnet-cache-"))
         saved = os.environ.get("ALEXNET_CACHE")
         os.environ["ALEXNET_CACHE"] = os.fspath(cache_dir)
@@ -814,6 +804,7 @@ def bench_time_to_accuracy(
         "epoch_reached": reached[0] if reached else None,
         "time_to_target_s": round(reached[1], 1) if reached else None,
         "wall_s": round(wall, 1),
+        "cold_cache": cold,
         "final_top1": final.get("val_top1"),
         "final_top5": final.get("val_top5"),
         "best_top1": result.best_top1,
@@ -850,8 +841,10 @@ def format_time_to_accuracy(records: list[dict]) -> str:
         for r in records
     ]
     notes = [
-        f"wall: from before the run started to its end (decode into an empty cache, training, "
-        f"validation each epoch ({r['tta']} TTA), writing the run folder); {r['images_per_s']:.0f}"
+        f"wall: from before the run started to its end ("
+        f"{'decode into an empty cache' if r['cold_cache'] else 'images from --cache-dir'}, "
+        f"training, validation each epoch (TTA: {r['tta']}), writing the run folder); "
+        f"{r['images_per_s']:.0f}"
         f" training images/s; peak RSS {r['peak_rss_mb'] / 1024:.2f} GB; torch {r['torch']}, "
         f"{r['threads']} threads, load {r['load_avg_1m']}"
         for r in records[:1]

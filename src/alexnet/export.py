@@ -73,10 +73,16 @@ def _compare(
     run: Callable[[torch.Tensor], np.ndarray],
     model: nn.Module,
     meta: ModelMeta,
-    atol: float,
+    atol: float | None,
     rtol: float,
     what: str,
 ) -> float:
+    """Run the export at every checked batch size; the largest |exported - PyTorch|.
+
+    The shape must match and every output be finite; with ``atol`` (None for int8, which
+    is checked by top-1 agreement instead) every output must also be within
+    ``atol + rtol * |y|`` of PyTorch's.
+    """
     worst = 0.0
     for i, b in enumerate(CHECK_BATCH_SIZES):
         x = _sample(meta, b, seed=i + 1)
@@ -89,14 +95,14 @@ def _compare(
                 f"the exported {what} model failed on a batch of {b}: {type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             ) from None
-        if got.shape != want.shape:
+        if got.shape != want.shape or not np.isfinite(got).all():
             raise ExportError(
-                f"the exported {what} model gives shape {got.shape} for a batch of {b}, "
-                f"PyTorch {want.shape}"
+                f"the exported {what} model gives shape {got.shape} (finite: "
+                f"{bool(np.isfinite(got).all())}) for a batch of {b}, PyTorch {want.shape}"
             )
         diff = np.abs(got - want)
         worst = max(worst, float(diff.max()))
-        if not np.all(diff <= atol + rtol * np.abs(want)):
+        if atol is not None and not np.all(diff <= atol + rtol * np.abs(want)):
             raise ExportError(
                 f"the exported {what} model's outputs differ from PyTorch's by up to "
                 f"{float(diff.max()):.3g} (tolerance {atol:g} + {rtol:g}*|y|) on a batch of {b}"
@@ -150,13 +156,13 @@ def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
     """What a user needs to feed the model (classes, size, mean, std), inside the file."""
     import onnx
 
-    from .onnxrun import ONNX_META_KEY
+    from .onnxrun import ONNX_META_KEY, ONNX_PRECISION_KEY
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for key, value in (
         (ONNX_META_KEY, json.dumps(meta.to_dict())),
-        ("alexnet.precision", precision),
+        (ONNX_PRECISION_KEY, precision),
     ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -192,23 +198,6 @@ def _export_onnx_int8(
         float_tmp.unlink(missing_ok=True)
     _add_metadata(tmp, meta, "int8")
     return _onnx_runner(tmp)
-
-
-def _check_int8_shapes(run: Callable, model: nn.Module, meta: ModelMeta) -> float:
-    """Right shape and finite outputs at every checked batch size; the largest |diff|."""
-    worst = 0.0
-    for i, b in enumerate(CHECK_BATCH_SIZES):
-        x = _sample(meta, b, seed=i + 1)
-        with torch.inference_mode():
-            want = model(x).float().numpy()
-        got = np.asarray(run(x), dtype=np.float32)
-        if got.shape != want.shape or not np.isfinite(got).all():
-            raise ExportError(
-                f"the int8 model gives shape {got.shape} (finite: {bool(np.isfinite(got).all())}) "
-                f"for a batch of {b}; PyTorch gives {want.shape}"
-            )
-        worst = max(worst, float(np.abs(got - want).max()))
-    return worst
 
 
 def top1_agreement(run: Callable, model: nn.Module, images: torch.Tensor, batch: int = 64) -> float:
@@ -355,7 +344,7 @@ def _write_and_check(
     """Write ``tmp`` and run it: (largest |diff| to PyTorch, int8 top-1 agreement or None)."""
     if int8:
         run = _export_onnx_int8(model, meta, tmp, calibration.float(), calibration_method)
-        worst = _check_int8_shapes(run, model, meta)
+        worst = _compare(run, model, meta, None, 0.0, "int8 onnx")
         return worst, top1_agreement(run, model, calibration.float())
     exporter = {
         "onnx": _export_onnx,

@@ -20,9 +20,10 @@ from torch import nn
 from .errors import WeightsError
 from .weights import ModelMeta
 
-__all__ = ["OnnxModel", "load_onnx_model", "onnx_session", "ONNX_META_KEY"]
+__all__ = ["OnnxModel", "load_onnx_model", "onnx_session", "ONNX_META_KEY", "ONNX_PRECISION_KEY"]
 
-ONNX_META_KEY = "alexnet.meta"
+ONNX_META_KEY = "alexnet.meta"  # ModelMeta as JSON
+ONNX_PRECISION_KEY = "alexnet.precision"  # "fp32" or "int8"
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
@@ -68,7 +69,7 @@ class OnnxModel(nn.Module):
 
 def _is_quantized(session) -> bool:
     meta = session.get_modelmeta().custom_metadata_map
-    return meta.get("alexnet.precision") == "int8"
+    return meta.get(ONNX_PRECISION_KEY) == "int8"
 
 
 def load_onnx_model(path: str | os.PathLike) -> tuple[OnnxModel, ModelMeta]:

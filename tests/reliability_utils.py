@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
 import pathlib
 import pickle
@@ -240,6 +241,72 @@ def run_main(*args: str | os.PathLike, capsys) -> Ran:
     rc = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return Ran(rc, out, err)
+
+
+# What a `python -m alexnet train` process spends its first ~6 s (on 2 cores) importing:
+# torch, scikit-learn (the digits), inductor's config (torch.use_deterministic_algorithms
+# imports it), matplotlib (the report).
+TRAIN_IMPORTS = [
+    "alexnet.cli",
+    "alexnet.train",
+    "alexnet.report",
+    "sklearn.datasets",
+    "torch._inductor.config",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "reliability_utils",
+]
+
+
+def forked_cli(
+    *args: str | os.PathLike, cwd: Path, env: dict[str, str], log: Path
+) -> multiprocessing.process.BaseProcess:
+    """``alexnet ARGS`` in a new process, forked from a server that has done
+    :data:`TRAIN_IMPORTS` once (multiprocessing's forkserver), so that it trains within a
+    second instead of importing for six; stdout and stderr go to ``log``. It runs
+    :func:`alexnet.cli.main`, what ``python -m alexnet`` runs, in its own process: ``.pid``,
+    ``.kill()`` (SIGKILL), ``.join()``, ``.exitcode``. Stop the server with
+    :func:`stop_forkserver` when done."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(TRAIN_IMPORTS)  # taken when the server starts
+    log.write_text("")  # there from the start, for whoever watches it
+    proc = ctx.Process(
+        target=_cli_main_logged, args=([str(a) for a in args], str(cwd), dict(env), str(log))
+    )
+    proc.start()
+    return proc
+
+
+def _cli_main_logged(args: list[str], cwd: str, env: dict[str, str], log: str) -> None:
+    """The body of a :func:`forked_cli` process."""
+    from alexnet.cli import main
+
+    # the start method of a fresh process (a forkserver's children inherit "forkserver",
+    # under which every multiprocessing lock, e.g. tqdm's, is a named semaphore that a
+    # SIGKILL leaves for the resource tracker to warn about)
+    multiprocessing.set_start_method(None, force=True)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # line by line, as it happens
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    code = main(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def stop_forkserver() -> None:
+    """End the server :func:`forked_cli` started (it holds torch in memory), if running."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # no public API for this
+    if stop is not None:
+        stop()
 
 
 # ------------------------------------------------------------------ tiny training runs

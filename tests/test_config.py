@@ -20,15 +20,15 @@ RECIPES = [
     "cifar10-fast",
     "digits",
     "paper-imagenet",
-    "seed002-cifar10",
-    "seed003-flowers102",
-    "seed004-fashion-mnist",
+    "cifar10-tutorial-batch4",
+    "flowers102-tutorial",
+    "fashion-mnist-d2l",
     "torchvision-imagenet",
 ]
 
-# What each tutorial does, key by key (from the seeds' code and text).
+# What each tutorial does, key by key (from the tutorials' code and text).
 SEED_SETTINGS = {
-    "seed002-cifar10": dict(
+    "cifar10-tutorial-batch4": dict(
         model="alexnet_paper",
         model_kwargs={"grouped": False, "lrn": False, "paper_init": False},  # one tower, no LRN
         dataset="cifar10",
@@ -46,7 +46,7 @@ SEED_SETTINGS = {
         batch_size=4,
         epochs=50,
     ),
-    "seed003-flowers102": dict(
+    "flowers102-tutorial": dict(
         model="alexnet",
         dataset="flowers102",
         train_split="test",
@@ -67,7 +67,7 @@ SEED_SETTINGS = {
         epochs=500,
         seed=0,
     ),
-    "seed004-fashion-mnist": dict(
+    "fashion-mnist-d2l": dict(
         model="alexnet_d2l",
         dataset="fashion-mnist",
         val_fraction=0.0,
@@ -121,9 +121,9 @@ def test_seed_recipes_are_exactly_their_tutorials(name):
 
 
 def test_published_numbers_of_the_seed_recipes():
-    assert load_recipe("seed002-cifar10")["published"]["value"] == 81.47
-    assert load_recipe("seed003-flowers102")["published"]["value"] == pytest.approx(48.3, abs=0.05)
-    assert load_recipe("seed004-fashion-mnist")["published"]["value"] == 88.0
+    assert load_recipe("cifar10-tutorial-batch4")["published"]["value"] == 81.47
+    assert load_recipe("flowers102-tutorial")["published"]["value"] == pytest.approx(48.3, abs=0.05)
+    assert load_recipe("fashion-mnist-d2l")["published"]["value"] == 88.0
     assert load_recipe("torchvision-imagenet")["published"]["value"] == 56.522
     assert "40.7" in load_recipe("paper-imagenet")["published"]["result"]
 
@@ -207,7 +207,7 @@ def test_nesterov_needs_momentum():
 
 
 def test_config_dict_round_trip():
-    cfg = resolve_config("seed003-flowers102")
+    cfg = resolve_config("flowers102-tutorial")
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert isinstance(config_from_dict({"lr": 1}).lr, float)  # ints are fine for floats
     assert TrainConfig().recipe is None
@@ -232,8 +232,8 @@ def test_flags_override_only_what_was_typed():
 
 def test_every_issue_flag_reaches_a_config_key():
     argv = (
-        "--dataset imagefolder --data /d --model alexnet --epochs 2 --batch-size 8 --lr 0.1 "
-        "--optimizer adamw --momentum 0.8 --nesterov --scheduler cosine --warmup-epochs 1 "
+        "--dataset flowers102 --data /d --model alexnet --epochs 2 --batch-size 8 --lr 0.1 "
+        "--optimizer sgd --momentum 0.8 --nesterov --scheduler cosine --warmup-epochs 1 "
         "--weight-decay 0.001 --label-smoothing 0.1 --device cpu --precision fp32 "
         "--channels-last --compile --seed 3 --deterministic --workers 0 --run-dir /r --name n "
         "--download --image-size 64 --val-fraction 0.2 --skip-bad-images --tta flip --threads 1"
@@ -241,7 +241,7 @@ def test_every_issue_flag_reaches_a_config_key():
     got = parse_train(argv)
     got.pop("set_", None)
     cfg = resolve_config(overrides=got)
-    assert cfg.data == "/d" and cfg.optimizer == "adamw" and cfg.scheduler == "cosine"
+    assert cfg.data == "/d" and cfg.momentum == 0.8 and cfg.nesterov and cfg.scheduler == "cosine"
     assert cfg.deterministic and cfg.skip_bad_images and cfg.download and cfg.compile
     assert (cfg.image_size, cfg.val_fraction, cfg.tta, cfg.warmup_epochs) == (64, 0.2, "flip", 1.0)
     assert parse_train(["--resume", "runs/x", "--epochs", "9"]) == {"resume": "runs/x", "epochs": 9}

@@ -430,7 +430,7 @@ def test_bad_images_are_named(tmp_path, monkeypatch):
     def never(*a, **k):
         raise AssertionError("decoded an image over the pixel limit")
 
-    monkeypatch.setattr(imagecache, "_decode_torchvision", never)
+    monkeypatch.setattr(imagecache, "_decode_jpeg", never)
     monkeypatch.setattr(imagecache, "_decode_pil", never)
     with pytest.raises(DataError, match="refused without decoding"):
         read_image(tmp_path / "t" / "train" / "cat" / "huge.png")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_utils import Ran, run_main, torch_globals
 from torch import nn
 
 from alexnet import distributed as D
@@ -327,14 +328,25 @@ def test_loss_falls(ddp_run):
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
 
 
+def _main_here(capsys, monkeypatch, cwd: Path, *args: str) -> tuple[Ran, float]:
+    """``alexnet ARGS`` through alexnet.cli.main in this (single, non-torchrun) process:
+    what a second `python -m alexnet` process would do, without its ~6 s of imports."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", D.ENV_FAULT_RANK):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(cwd)
+    t0 = time.perf_counter()
+    with torch_globals():
+        ran = run_main(*args, capsys=capsys)
+    return ran, time.perf_counter() - t0
+
+
 @pytest.mark.slow
-def test_reduced_val_accuracy_equals_single_process_eval(ddp_run):
+def test_reduced_val_accuracy_equals_single_process_eval(ddp_run, capsys, monkeypatch):
     root, run, res = ddp_run
     assert res.returncode == 0, _fail(res)
-    cmd = [sys.executable, "-m", "alexnet", "eval", "--checkpoint",
-           str(run / "checkpoints" / "last.pt"), "--split", "val", "--json",
-           "--precision", "fp32", "--device", "cpu", "--workers", "0"]  # fmt: skip
-    ev, took = _run(cmd, root)
+    args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--split", "val",
+            "--json", "--precision", "fp32", "--device", "cpu", "--workers", "0"]  # fmt: skip
+    ev, took = _main_here(capsys, monkeypatch, root, *args)
     assert ev.returncode == 0, _fail(ev)
     got = json.loads(ev.stdout.strip().splitlines()[-1])
     last = _metrics(run)[-1]
@@ -346,14 +358,13 @@ def test_reduced_val_accuracy_equals_single_process_eval(ddp_run):
 
 
 @pytest.mark.slow
-def test_two_process_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
+def test_two_process_checkpoint_resumes_in_one_process(ddp_run, tmp_path, capsys, monkeypatch):
     root, run, res = ddp_run
     assert res.returncode == 0, _fail(res)
     copy = tmp_path / "ddp"
     shutil.copytree(run, copy)
-    cmd = [sys.executable, "-m", "alexnet", "train", "--resume", str(copy), "--epochs", "4",
-           "--threads", "1", "--no-progress"]  # fmt: skip
-    out, took = _run(cmd, tmp_path)
+    args = ["train", "--resume", str(copy), "--epochs", "4", "--threads", "1", "--no-progress"]
+    out, took = _main_here(capsys, monkeypatch, tmp_path, *args)
     assert out.returncode == 0, _fail(out)
     rows = _metrics(copy)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]

@@ -188,7 +188,7 @@ def test_unknown_model_lists_close_names():
 
 
 def test_paper_variant_without_lrn_is_seed_002s_network():
-    # Seed 002's "original": one tower, no LRN; same parameters as ungrouped, LRN has none.
+    # The CIFAR-10 tutorial's "original": one tower, no LRN; same parameters as ungrouped, LRN has none.
     model = get_model("alexnet_paper", grouped=False, lrn=False, num_classes=10)
     assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in model.modules())
     assert count_parameters(model) == 62_378_344 - 4096 * 990 - 990

@@ -160,18 +160,19 @@ def test_broken_files_are_named_and_the_rest_predicted(
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     decoded: list[int] = []  # pixel counts of every image that reached a decoder
-    real_tv, real_pil = ic._decode_torchvision, ic._decode_pil
+    real_jpeg, real_pil = ic._decode_jpeg, ic._decode_pil
 
-    def spy_tv(data, grey, alpha):
-        x = real_tv(data, grey, alpha)
-        decoded.append(x.shape[-1] * x.shape[-2])
+    def spy_jpeg(data, grey):
+        x = real_jpeg(data, grey)
+        if x is not None:
+            decoded.append(x.shape[-1] * x.shape[-2])
         return x
 
     def spy_pil(img):
         decoded.append(img.size[0] * img.size[1])
         return real_pil(img)
 
-    monkeypatch.setattr(ic, "_decode_torchvision", spy_tv)
+    monkeypatch.setattr(ic, "_decode_jpeg", spy_jpeg)
     monkeypatch.setattr(ic, "_decode_pil", spy_pil)
     good, bad = _broken_folder(tmp_path / "photos")
     model, meta = load_for_inference(checkpoint=model_file)

@@ -134,7 +134,10 @@ window.addEventListener('load', function () {
 def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+        pytest.skip(
+            "no headless browser: none of chromium, chromium-browser, google-chrome is on PATH; "
+            "on Debian run `sudo apt-get install chromium` (.ci/run does), then run the tests again"
+        )
     path, n_samples, _ = report
     probe = tmp_path / "probe.html"  # a copy with the check script; report.html stays script-free
     probe.write_text(path.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"))

@@ -122,22 +122,32 @@ def test_cli_summary_alexnet_prints_the_published_figures():
     assert "input 1x3x224x224" in r.stdout  # the variant's native size by default
 
 
-def test_cli_summary_explain_paper_227_and_trace():
-    r = _run("summary", "alexnet_paper", "--input-size", "3", "227", "227", "--explain", "--trace")
+# The other commands run in this process through alexnet.cli.main (what `python -m alexnet`
+# runs): the same output without another ~3 s of imports each.
+def _main(capsys, *args: str) -> subprocess.CompletedProcess:
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["alexnet", *args], code, out, err)
+
+
+def test_cli_summary_explain_paper_227_and_trace(capsys):
+    argv = ["summary", "alexnet_paper", "--input-size", "3", "227", "227", "--explain", "--trace"]
+    r = _main(capsys, *argv)
     assert r.returncode == 0, r.stderr
     assert "floor((227 - 11 + 2*0) / 4) + 1 = 55" in r.stdout
     assert re.search(r"features\.14\s+MaxPool2d\s+output\s+256x6x6", r.stdout)
 
 
-def test_cli_summary_explain_d2l_224():
-    r = _run("summary", "alexnet_d2l", "--explain")
+def test_cli_summary_explain_d2l_224(capsys):
+    r = _main(capsys, "summary", "alexnet_d2l", "--explain")
     assert r.returncode == 0, r.stderr
     assert "floor((224 - 11 + 2*0) / 4) + 1 = 54" in r.stdout
     assert "46,764,746" in r.stdout
 
 
-def test_cli_models_table():
-    r = _run("models")
+def test_cli_models_table(capsys):
+    r = _main(capsys, "models")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 6  # header + 5 variants

@@ -25,3 +25,19 @@ from .config import TrainConfig, resolve_config  # noqa: E402
 from .train import evaluate, train  # noqa: E402
 
 __all__ += ["train", "evaluate", "TrainConfig", "resolve_config"]
+
+# Submodules a notebook reaches after ``import alexnet`` (``alexnet.predict.predict(...)``),
+# imported on first use: some of them pull in matplotlib, onnx or the benchmarks.
+_SUBMODULES = ("predict", "export", "viz", "bench", "transfer", "data", "plots", "report")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))

@@ -62,7 +62,7 @@ DEFAULT_INFERENCE_COMPILE = True
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The tutorials' (seed 003) training augmentation, per sample with PIL, in this order.
+# The Flowers-102 tutorial's training augmentation, per sample with PIL, in this order.
 SEED_AUGMENT = (
     "RandomRotation(30)",
     "RandomResizedCrop(224)",
@@ -691,7 +691,7 @@ def bench_train(
         "compile": compile,
         "workers": workers,
         "augment": list(OUR_AUGMENT),
-        "baseline": "seed 003 loop: PIL "
+        "baseline": "the Flowers-102 tutorial's loop: PIL "
         + ", ".join(SEED_AUGMENT)
         + f"; DataLoader {workers} workers; torchvision alexnet fp32 eager; SGD 0.002/0.9",
         "warmup_s": round(warm_ours, 2),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ import yaml
 
 from .errors import UserError
 
-__all__ = ["TrainConfig", "ConfigError", "load_recipe", "list_recipes", "resolve_config"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "ResolvedConfig",
+    "load_recipe",
+    "list_recipes",
+    "resolve",
+    "resolve_config",
+]
 
 
 class ConfigError(UserError, ValueError):
@@ -34,7 +43,7 @@ class TrainConfig:
     dataset: str = "digits"
     data: str | None = None  # dataset root folder
     download: bool = False
-    train_split: str = "train"  # flowers102: seed 003 trains on "test"
+    train_split: str = "train"  # flowers102-tutorial trains on "test"
     val_split: str = "val"  # "val" = held out of train by val_fraction (or the set's own)
     val_fraction: float = 0.1
     image_size: int | None = None  # network input; None = the model's native size
@@ -128,6 +137,7 @@ def _type_name(hint: Any) -> str:
 
 _HINTS = typing.get_type_hints(TrainConfig)
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+_DEFAULTS = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
 
 
 def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
@@ -135,9 +145,14 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key not in _HINTS:
-            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown config key {key!r}{hint}")
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=3, cutoff=0.5)
+            hint = (
+                f"; did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else f" (known keys: {', '.join(FIELD_NAMES)})"
+            )
+            prefix = "" if where == "flag" else f"{where}: "
+            raise ConfigError(f"{prefix}unknown config key {key!r}{hint}")
         if not _type_ok(value, _HINTS[key]):
             raise ConfigError(
                 f"{where}: {key!r} must be {_type_name(_HINTS[key])}, got {value!r} "
@@ -203,10 +218,29 @@ def _stats_ok(value: str | list[float], positive: bool) -> bool:
     return len(value) >= 1 and all((v > 0) if positive else True for v in value)
 
 
+# Old recipe names, still accepted (not listed): they named tutorials by our file numbers.
+RECIPE_ALIASES = {
+    "seed002-cifar10": "cifar10-tutorial-batch4",
+    "seed003-flowers102": "flowers102-tutorial",
+    "seed004-fashion-mnist": "fashion-mnist-d2l",
+}
+DEFAULT_RECIPE = "digits"
+
+# A recipe's settings tuned for its own model: they do not follow the user to another model.
+MODEL_BOUND = ("model_kwargs", "image_size", "mean", "std", "init", "dropout", "lr")
+# ...and for its own dataset: they do not follow the user to another dataset.
+DATASET_BOUND = ("train_split", "val_split")
+
+
 def list_recipes() -> list[str]:
     """Names of the bundled recipes (``src/alexnet/recipes/*.yaml``)."""
     folder = resources.files("alexnet") / "recipes"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def canonical_recipe(name: str) -> str:
+    """The recipe's current name (old names are aliases)."""
+    return RECIPE_ALIASES.get(name, name)
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -221,6 +255,7 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
 
 def load_recipe(name: str) -> dict[str, Any]:
     """A recipe's raw YAML mapping, including its ``published`` block (not a config key)."""
+    name = canonical_recipe(name)
     path = resources.files("alexnet") / "recipes" / f"{name}.yaml"
     if not path.is_file():
         close = difflib.get_close_matches(name, list_recipes(), n=3, cutoff=0.3)
@@ -229,31 +264,230 @@ def load_recipe(name: str) -> dict[str, Any]:
     return _read_yaml(path.read_text(), f"recipe {name}")
 
 
+@dataclass
+class ResolvedConfig:
+    """A resolved config, where each setting came from, and what was left out on the way."""
+
+    config: TrainConfig
+    sources: dict[str, str]  # key -> "recipe digits", "config FILE", "flag", "default", ...
+    notes: list[str] = field(default_factory=list)  # settings left out, and why
+
+
+def resolve(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ResolvedConfig:
+    """Defaults, then the recipe, then a user's YAML file, then explicit overrides (flags).
+
+    With neither a recipe nor a file the default recipe (digits) applies, unless the flags
+    leave its dataset: ``--dataset X`` or ``--data DIR`` (a folder of images) start from the
+    defaults instead. A recipe's model settings (``MODEL_BOUND``) stay behind when another
+    model is chosen, and its split names when another dataset is. A flag that the chosen
+    dataset or optimiser would not use is an error naming it.
+    """
+    flags = _check_overrides(dict(overrides or {}), "flag")
+    if recipe is None and config_file is None and not _leaves_default_dataset(flags):
+        recipe = DEFAULT_RECIPE
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    notes: list[str] = []
+    recipe_values: dict[str, Any] = {}
+    if recipe is not None:
+        recipe = canonical_recipe(recipe)
+        data = load_recipe(recipe)
+        data.pop("published", None)
+        data.pop("description", None)
+        recipe_values = _check_overrides(data, f"recipe {recipe}")
+        _layer(values, sources, {**recipe_values, "recipe": recipe}, f"recipe {recipe}")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+        _layer(values, sources, _check_overrides(_read_yaml(text, str(path)), str(path)), str(path))
+    if "data" in flags and "dataset" not in flags and not _takes_root(_get(values, "dataset")):
+        if "dataset" in values:  # the recipe or file chose a dataset that has no folder
+            raise ConfigError(_no_root_message(values["dataset"]))
+        flags["dataset"] = "imagefolder"  # --data alone: a folder of images
+        notes.append("--data without --dataset: the folder is read as an image folder")
+    _layer(values, sources, flags, "flag")
+    if recipe is not None:
+        notes += _drop_foreign(values, sources, recipe_values, recipe)
+    _refuse_unused_flags(values, flags)
+    model = _get(values, "model")
+    if "lr" not in values:  # the variant's own rate for training from scratch
+        from .models import model_info
+
+        values["lr"] = model_info(model).default_lr
+        sources["lr"] = "model"
+    cfg = TrainConfig(**values)
+    _validate(cfg)
+    for f in dataclasses.fields(TrainConfig):
+        sources.setdefault(f.name, "default")
+    return ResolvedConfig(cfg, sources, notes)
+
+
 def resolve_config(
     recipe: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults, then the recipe, then a user's YAML file, then explicit overrides."""
-    values: dict[str, Any] = {}
-    if recipe is None and config_file is None:
-        recipe = "digits"
-    if recipe is not None:
-        data = load_recipe(recipe)
-        data.pop("published", None)
-        data.pop("description", None)
-        values.update(_check_overrides(data, f"recipe {recipe}"))
-        values["recipe"] = recipe
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        values.update(_check_overrides(_read_yaml(path.read_text(), str(path)), str(path)))
-    if overrides:
-        values.update(_check_overrides({k: v for k, v in overrides.items()}, "option"))
-    cfg = TrainConfig(**values)
-    _validate(cfg)
-    return cfg
+    """The config of :func:`resolve` (defaults <- recipe <- file <- overrides)."""
+    return resolve(recipe, config_file, overrides).config
+
+
+def _layer(values: dict, sources: dict, new: dict[str, Any], where: str) -> None:
+    values.update(new)
+    sources.update(dict.fromkeys(new, where))
+
+
+def _get(values: dict[str, Any], key: str) -> Any:
+    return values[key] if key in values else _DEFAULTS[key]
+
+
+def _leaves_default_dataset(flags: dict[str, Any]) -> bool:
+    if "dataset" in flags:
+        return flags["dataset"] != _DEFAULTS["dataset"]
+    return "data" in flags
+
+
+def _dataset_source(name: str):
+    from .datasets import REGISTRY
+
+    return REGISTRY.get(name)
+
+
+def _takes_root(name: str) -> bool:
+    source = _dataset_source(name)
+    return source is None or source.takes_root  # an unknown name is reported by the loader
+
+
+def _no_root_message(dataset: str) -> str:
+    return (
+        f"--data does not apply to the {dataset} dataset (it is bundled and needs no folder); "
+        "for a folder of images add --dataset imagefolder"
+    )
+
+
+def _drop_foreign(values: dict, sources: dict, recipe_values: dict, recipe: str) -> list[str]:
+    """Take out the recipe's settings that belong to a model or dataset the user replaced."""
+    notes = []
+    for bound, what in ((MODEL_BOUND, "model"), (DATASET_BOUND, "dataset")):
+        own = recipe_values.get(what, _DEFAULTS[what])
+        if _get(values, what) == own:
+            continue
+        left = [k for k in bound if k in recipe_values and sources.get(k) == f"recipe {recipe}"]
+        for key in left:
+            del values[key]
+            del sources[key]
+        if left:
+            notes.append(
+                f"the {recipe} recipe's {', '.join(left)} belong to its {what} {own} and "
+                f"were left out for {_get(values, what)}"
+            )
+    return notes
+
+
+# A flag that only some settings use: (flag, applies when, why not)
+def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
+    def get(key: str) -> Any:
+        return _get(values, key)
+
+    dataset = _dataset_source(get("dataset"))
+    optimizer, scheduler = get("optimizer"), get("scheduler")
+    rules = [
+        ("data", dataset is None or dataset.takes_root, _no_root_message(get("dataset"))),
+        (
+            "download",
+            dataset is None or dataset.downloads or not flags.get("download"),
+            f"--download does not apply to the {get('dataset')} dataset "
+            + (
+                "(a folder of your own images); drop it"
+                if get("dataset") == "imagefolder"
+                else "(it is bundled); drop it"
+            ),
+        ),
+        (
+            "skip_bad_images",
+            dataset is None or dataset.reads_image_files or not flags.get("skip_bad_images"),
+            f"--skip-bad-images does not apply to the {get('dataset')} dataset (it reads no "
+            "image files); drop it",
+        ),
+        (
+            "momentum",
+            optimizer == "sgd",
+            f"--momentum does not apply to --optimizer {optimizer} (SGD only); drop it",
+        ),
+        (
+            "nesterov",
+            optimizer == "sgd" or not flags.get("nesterov"),
+            f"--nesterov does not apply to --optimizer {optimizer} (SGD only); drop it",
+        ),
+        (
+            "step_size",
+            scheduler == "step",
+            f"step_size applies to --scheduler step, not {scheduler}; drop it",
+        ),
+        (
+            "gamma",
+            scheduler in ("step", "plateau"),
+            f"gamma applies to --scheduler step or plateau, not {scheduler}; drop it",
+        ),
+        (
+            "plateau_patience",
+            scheduler == "plateau",
+            f"plateau_patience applies to --scheduler plateau, not {scheduler}; drop it",
+        ),
+        (
+            "unfreeze_after",
+            get("freeze") is not None or flags.get("unfreeze_after") is None,
+            "--unfreeze-after needs frozen layers (--freeze features); drop it or add --freeze",
+        ),
+    ]
+    for key, applies, message in rules:
+        if key in flags and not applies:
+            raise ConfigError(message)
+
+
+# The settings the start of a run shows, in this order.
+SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "batch_size", "lr", "optimizer",
+         "scheduler", "augment", "precision", "threads", "init_from")  # fmt: skip
+
+
+def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
+    """The settings that matter, grouped by where each came from (recipe, file, flag,
+    default), wrapped to ``width``: the few lines printed at the start of a run."""
+    cfg, sources = resolved.config, resolved.sources
+    groups: dict[str, list[str]] = {}
+    for key in SHOWN:
+        value = getattr(cfg, key)
+        if value in (None, {}) and key in ("model_kwargs", "data", "init_from", "threads"):
+            continue
+        if isinstance(value, list):
+            value = " ".join(map(str, value)) or "none"
+        where = sources.get(key, "default")
+        if key == "image_size" and value is None:
+            from .models import model_info
+
+            value = f"{model_info(cfg.model).native_input_size} (the model's native size)"
+        if where == "model":  # a default of the chosen variant
+            where, value = "default", f"{value} ({cfg.model}'s)"
+        groups.setdefault(where, []).append(f"{key.replace('_', ' ')} {value}")
+
+    def rank(where: str) -> int:  # the recipe first, then a config file, defaults, flags
+        return {"default": 2, "flag": 3}.get(where, 0 if where.startswith("recipe") else 1)
+
+    lines = []
+    for where in sorted(groups, key=rank):
+        title = {"flag": "given", "default": "defaults"}.get(where, where)
+        text = ", ".join(groups[where])
+        lines += textwrap.wrap(
+            text, width, initial_indent=f"  {title}: ", subsequent_indent="      "
+        )
+    for note in resolved.notes:
+        lines += textwrap.wrap(note, width, initial_indent="  note: ", subsequent_indent="      ")
+    return lines
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,10 @@ class Source:
     in_channels: int
     load_size: int
     root: str | None = None
+    # what the dataset uses, so that a flag it would ignore is refused (alexnet.config)
+    takes_root = True  # --data
+    downloads = True  # --download
+    reads_image_files = False  # --skip-bad-images
     _opts: Options
     _in_memory: bool = True  # image-file sets: decode into memory, or stream from disk
 
@@ -127,6 +132,7 @@ class Digits(Source):
 
     name = "digits"
     splits = ("train", "test")
+    takes_root = downloads = False  # bundled with scikit-learn
 
     def __init__(self, opts: Options):
         from sklearn.datasets import load_digits
@@ -160,15 +166,52 @@ def _tv_error(name: str, where: Path, e: Exception) -> DataError:
     )
 
 
-def _download(name: str, root: str, fn) -> None:
+def _download(name: str, root: str, fn, made: list[Path], by_hand) -> None:
+    """Run torchvision's download ``fn``; if it fails, undo it and say how to do it by hand.
+
+    Undoing removes only what the attempt created: the part of ``root``'s path that did not
+    exist (torchvision makes it), else those of ``made`` (the folders and files the download
+    writes, outermost first) that were not there before. ``by_hand()`` is the rest of the
+    sentence: which file from which URL goes where.
+    """
     log.warning("downloading %s into %s", name, root)
+    top = None  # the outermost missing folder of root's path
+    p = Path(root)
+    while not os.path.lexists(p) and p.parent != p:
+        top, p = p, p.parent
+    absent = [top] if top is not None else [m for m in made if not os.path.lexists(m)]
     try:
         fn()
-    except Exception as e:
+    except BaseException as e:
+        for m in absent:  # a partial archive, a half-unpacked folder, an empty data/
+            try:
+                if m.is_dir() and not m.is_symlink():
+                    shutil.rmtree(m)
+                elif os.path.lexists(m):
+                    m.unlink()
+            except OSError as err:
+                log.warning("could not remove %s after the failed download (%s)", m, err)
+        if not isinstance(e, Exception):  # Ctrl-C: cleaned up, still an interrupt
+            raise
+        try:
+            hint = by_hand()
+        except AttributeError:  # a torchvision that moved its URLs: no more than a pointer
+            hint = f"see torchvision's documentation for where to get {name}"
         raise DataError(
-            f"could not download {name} into {root}: {e}; check the network connection, "
-            "or download it by hand and pass --data"
+            f"could not download {name} into {root} ({_download_reason(e)}); check the "
+            f"network connection, or {hint}"
         ) from None
+
+
+def _download_reason(e: Exception) -> str:
+    """One line: torchvision's errors can span several (fashion-mnist lists each mirror)."""
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        return f"network error: {e.reason}"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    if last.startswith("<urlopen error ") and last.endswith(">"):  # a URLError, as text
+        return f"network error: {last[len('<urlopen error ') : -1]}"
+    return last
 
 
 # -------------------------------------------------------------------------- cifar10
@@ -230,7 +273,13 @@ class Cifar10(Source):
         if missing and opts.download:
             from torchvision.datasets import CIFAR10
 
-            _download(self.name, self.root, lambda: CIFAR10(self.root, train=True, download=True))
+            _download(
+                self.name,
+                self.root,
+                lambda: CIFAR10(self.root, train=True, download=True),
+                [Path(self.root) / "cifar-10-python.tar.gz", self.base],
+                self._by_hand,
+            )
             missing = [f for f in needed if not (self.base / f).is_file()]
         if missing:
             raise DataError(
@@ -245,6 +294,14 @@ class Cifar10(Source):
             raise DataError(f"cifar10: cannot read {self.base / self.meta_file} ({e})") from None
         self.in_channels = 3
         self.load_size = opts.load_size or 32
+
+    def _by_hand(self) -> str:
+        from torchvision.datasets.cifar import CIFAR10  # torchvision's own URL and name
+
+        return (
+            f"fetch {CIFAR10.url} yourself and save it as {self.root}/{CIFAR10.filename} "
+            f"(--download then only unpacks it), or unpack it there, giving {self.base}/"
+        )
 
     def load(self, split: str) -> RawSplit:
         files = [self.base / f for f in (self.train_files if split == "train" else self.test_files)]
@@ -297,7 +354,13 @@ class FashionMnist(Source):
         self._gunzip(needed)
         missing = [f for f in needed if not (self.raw / f).is_file()]
         if missing and opts.download:
-            _download(self.name, self.root, lambda: FashionMNIST(self.root, download=True))
+            _download(
+                self.name,
+                self.root,
+                lambda: FashionMNIST(self.root, download=True),
+                [self.raw.parent, self.raw, *(self.raw / f"{n}.gz" for n in needed)],
+                self._by_hand,
+            )
             missing = [f for f in needed if not (self.raw / f).is_file()]
         if missing:
             raise DataError(
@@ -308,6 +371,15 @@ class FashionMnist(Source):
         self.classes = list(FashionMNIST.classes)
         self.in_channels = 1
         self.load_size = opts.load_size or 28
+
+    def _by_hand(self) -> str:
+        from torchvision.datasets.mnist import FashionMNIST
+
+        names = [f for f, _ in FashionMNIST.resources]
+        return (
+            f"fetch {', '.join(names[:-1])} and {names[-1]} from "
+            f"{' or '.join(FashionMNIST.mirrors)} yourself and put them in {self.raw}/"
+        )
 
     def _gunzip(self, needed: list[str]) -> None:
         # torchvision reads the unpacked IDX files; its own download unpacks the .gz next to
@@ -423,6 +495,7 @@ class Flowers102(Source):
     ``setid.mat``; splits train / val / test (1,020 / 1,020 / 6,149 images)."""
 
     name = "flowers102"
+    reads_image_files = True
     splits = ("train", "val", "test")
     _set_keys = {"train": "trnid", "val": "valid", "test": "tstid"}
 
@@ -433,7 +506,14 @@ class Flowers102(Source):
         if not self._present() and opts.download:
             from torchvision.datasets import Flowers102 as TV
 
-            _download(self.name, self.root, lambda: TV(self.root, split="train", download=True))
+            files = ["102flowers.tgz", "imagelabels.mat", "setid.mat", "jpg"]
+            _download(
+                self.name,
+                self.root,
+                lambda: TV(self.root, split="train", download=True),
+                [self.base, *(self.base / f for f in files)],
+                self._by_hand,
+            )
         if not self._present():
             raise DataError(
                 f"flowers102 not found: looked in {self.base} for jpg/, imagelabels.mat and "
@@ -444,6 +524,15 @@ class Flowers102(Source):
         self.in_channels = 3
         self.load_size = opts.load_size or 256
         self._in_memory = _in_memory(opts, 8189, 3, self.load_size)
+
+    def _by_hand(self) -> str:
+        from torchvision.datasets.flowers102 import Flowers102 as TV
+
+        images, labels, setid = (TV._file_dict[k][0] for k in ("image", "label", "setid"))
+        return (
+            f"fetch {images}, {labels} and {setid} from {TV._download_url_prefix} yourself "
+            f"and put them in {self.base}/, with {images} unpacked there (it holds jpg/)"
+        )
 
     def _present(self) -> bool:
         return (
@@ -498,6 +587,8 @@ class ImageFolder(Source):
     class folders; or just ``ROOT/<class>/<image>`` (used as the train split)."""
 
     name = "imagefolder"
+    downloads = False
+    reads_image_files = True
     layout = "ROOT/train/<class>/<image> (optionally ROOT/val/<class>/... and ROOT/test/...)"
 
     def __init__(self, opts: Options):

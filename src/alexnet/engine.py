@@ -29,6 +29,7 @@ __all__ = [
     "accuracy",
     "build_optimizer",
     "evaluate",
+    "ranked",
     "train_one_epoch",
 ]
 
@@ -75,17 +76,32 @@ SINGLE = SingleProcess()
 # Metrics
 
 
+def ranked(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best classes of each row, best first: (B, K) -> int64 (B, min(k, K)).
+
+    Ties go to the lower class index, the rule of ``argmax``, so column 0 is always the
+    argmax. ``topk`` breaks ties in no fixed order: in bfloat16, where logits tie often, its
+    top-1 and ``argmax`` disagreed (a top-1 that did not match the confusion matrix).
+    """
+    order = scores.sort(dim=1, descending=True, stable=True).indices  # (B, K)
+    return order[:, : min(k, scores.shape[1])]
+
+
+def _hits(top: torch.Tensor, target: torch.Tensor, ks: Iterable[int]) -> torch.Tensor:
+    """``top`` (B, kmax) ranked classes -> int64 (len(ks),): rows with the target in the first k."""
+    hit = top.eq(target[:, None])  # (B, kmax)
+    return torch.stack([hit[:, :k].any(dim=1).sum() for k in ks])
+
+
 def correct_topk(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int]) -> torch.Tensor:
     """Number of samples whose target is among the top k predictions, for each k.
 
     ``logits`` (B, K), ``target`` (B,) -> int64 (len(ks),) on the logits' device. k above K
-    counts every sample (top-5 of a 3-class problem is always right).
+    counts every sample (top-5 of a 3-class problem is always right). Top-1 counts the
+    ``argmax``, ties included (see :func:`ranked`).
     """
     ks = list(ks)
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # (B, kmax)
-    hit = top.eq(target[:, None])  # (B, kmax)
-    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
+    return _hits(ranked(logits, max(ks)), target, ks)
 
 
 def accuracy(
@@ -423,7 +439,7 @@ def evaluate(
     model.eval()
     K = num_classes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    hits = torch.zeros(2, dtype=torch.int64, device=device)  # top-1, top-5
+    hits = torch.zeros(1, dtype=torch.int64, device=device)  # top-5 (top-1 is the trace)
     confusion = torch.zeros(K * K, dtype=torch.int64, device=device)
     preds: list[torch.Tensor] = []
     complete = True
@@ -444,8 +460,11 @@ def evaluate(
             raise UserError(f"unknown --tta {tta!r}; use none, flip or ten-crop")
         y = y.to(p.device)
         loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").double()
-        hits += correct_topk(p, y, (1, 5))
-        pred = p.argmax(dim=1)
+        # one ranking per image feeds every figure: pred is its first column, so top-1 (the
+        # confusion matrix's trace), per-class accuracy and top-5 cannot disagree on ties
+        top = ranked(p, 5)  # (B, min(5, K))
+        pred = top[:, 0]
+        hits += _hits(top, y, (5,))
         confusion += torch.bincount(y * K + pred, minlength=K * K)
         if predictions:
             preds.append(pred.cpu())
@@ -466,8 +485,8 @@ def evaluate(
     ]
     out: dict[str, Any] = {
         "loss": float(loss_sum) / n if n else float("nan"),
-        "top1": 100.0 * float(hits[0]) / n if n else float("nan"),
-        "top5": 100.0 * float(hits[1]) / n if n else float("nan"),
+        "top1": 100.0 * float(cm.trace()) / n if n else float("nan"),
+        "top5": 100.0 * float(hits[0]) / n if n else float("nan"),
         "num_images": n,
         "per_class": per_class,
         "confusion": cm,

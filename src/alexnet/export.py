@@ -246,6 +246,23 @@ def _export_safetensors(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callabl
     return run
 
 
+# The file name an export gets when none is given: next to the model it comes from.
+_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+
+
+def default_export_path(source: str | os.PathLike | None, fmt: str, *, int8: bool = False) -> Path:
+    """``runs/x/model.safetensors`` -> ``runs/x/model.onnx`` (``model.int8.onnx`` for int8,
+    ``model.torchscript.pt``, ``model.export.safetensors``); no source (torchvision's
+    weights) -> ``alexnet-imagenet.onnx`` in the current folder. Never the source itself."""
+    base = Path(source) if source is not None else Path("alexnet-imagenet")
+    stem = base.name.split(".")[0] if source is not None else base.name
+    suffix = (".int8" if int8 else "") + _SUFFIXES[fmt]
+    path = base.with_name(stem + suffix)
+    if source is not None and path.resolve() == Path(source).resolve():
+        path = base.with_name(f"{stem}.export{suffix}")
+    return path
+
+
 def export_model(
     model: nn.Module,
     meta: ModelMeta,

@@ -1,9 +1,12 @@
 """Image files to uint8 tensors: safe decoding, parallel decode, the on-disk tensor cache.
 
-Decoding uses ``torchvision.io`` for JPEG and WebP and Pillow for everything else (and for
-files torchvision refuses but Pillow can read). Every mode ends up as 8-bit grey (1 channel)
-or RGB (3 channels): alpha is composited onto white (as the image looks on a page),
-palettes are expanded, CMYK becomes RGB, 16-bit samples are scaled (not clipped) to 8 bits.
+Decoding uses libjpeg-turbo through ``simplejpeg`` for plain JPEGs (grey or colour, with no
+EXIF or XMP block that could hold an orientation) and Pillow for everything else (and for
+JPEGs simplejpeg refuses but Pillow can read); for a JPEG both give the same pixels, being
+the same library with the same settings (accurate DCT, smooth chroma upsampling). Every
+mode ends up as 8-bit grey (1 channel) or RGB (3 channels): alpha is composited onto white
+(as the image looks on a page), palettes are expanded, CMYK becomes RGB, 16-bit samples
+are scaled (not clipped) to 8 bits.
 The header is read first, so an image over Pillow's ``MAX_IMAGE_PIXELS`` is refused before
 any pixel is decoded.
 
@@ -19,8 +22,6 @@ import io
 import json
 import logging
 import os
-import re
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,27 +34,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
+try:  # a declared dependency; without it (a platform with no wheel) Pillow decodes JPEGs too
+    import simplejpeg
+except ImportError:  # pragma: no cover - depends on the installation
+    simplejpeg = None
+
 log = logging.getLogger("alexnet.data")
-
-# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and
-# are the fastest decoder installed here. Without them (a future torchvision) Pillow decodes.
-warnings.filterwarnings(
-    "ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated"
-)
-_TV_DECODER: list = []  # [(decode_image, ImageReadMode)] or [None], filled on first use
-
-
-def _torchvision_decoder():
-    """torchvision.io's decoder, imported on first use (importing torchvision takes ~1 s)."""
-    if not _TV_DECODER:
-        try:
-            from torchvision.io import ImageReadMode, decode_image
-
-            _TV_DECODER.append((decode_image, ImageReadMode))
-        except ImportError:  # pragma: no cover - depends on the installed torchvision
-            _TV_DECODER.append(None)
-    return _TV_DECODER[0]
-
 
 CACHE_FORMAT_VERSION = 1
 IMAGE_EXTENSIONS = (
@@ -70,9 +56,11 @@ IMAGE_EXTENSIONS = (
     ".webp",
 )
 _GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
-# torchvision decodes these; PNG is left to Pillow because torchvision 0.29's libpng path
-# crashes the process (SIGSEGV) on a PNG with a corrupt IDAT chunk, where Pillow raises.
-_TV_FORMATS = {"JPEG", "WEBP"}
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Pillow turns an image by the orientation in its EXIF block (APP1 "Exif\0\0") or, lacking
+# that, in its XMP packet ("tiff:Orientation"); a JPEG holding either byte string anywhere
+# goes to Pillow, which looks. A chance match in the compressed data only costs speed.
+_ORIENTATION_MARKS = (b"Exif\x00\x00", b"Orientation")
 
 
 class BadImage(Exception):
@@ -100,21 +88,49 @@ def _composite_on_white(x: torch.Tensor) -> torch.Tensor:
     return ((color * alpha + 255 * (255 - alpha) + 127) // 255).to(torch.uint8)
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint16:  # 16-bit PNG: scale 0..65535 -> 0..255
-        return ((x.to(torch.int32) + 128) // 257).to(torch.uint8)
-    return x
+def _check_size(path: str, w: int, h: int) -> None:
+    """Refuse, from the header's size, an image over Pillow's pixel limit or with no pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise BadImage(
+            path,
+            f"{w}x{h} = {w * h} pixels is over Pillow's limit of {limit} "
+            "(PIL.Image.MAX_IMAGE_PIXELS); refused without decoding",
+        )
+    if w == 0 or h == 0:
+        raise BadImage(path, f"image has no pixels ({w}x{h})")
 
 
-def _decode_torchvision(data: bytes, grey: bool, alpha: bool) -> torch.Tensor:
-    decode_image, ImageReadMode = _torchvision_decoder()
-    if alpha:
-        mode = ImageReadMode.GRAY_ALPHA if grey else ImageReadMode.RGB_ALPHA
-    else:
-        mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    x = _to_uint8(decode_image(buf, mode=mode, apply_exif_orientation=True))
-    return _composite_on_white(x) if alpha else x
+def _plain_jpeg_header(data: bytes) -> tuple[int, int, bool] | None:
+    """``(width, height, grey)`` of a JPEG that libjpeg-turbo decodes as Pillow would.
+
+    None leaves the file to Pillow: not a JPEG, simplejpeg missing, a possible orientation,
+    CMYK/YCCK (Pillow undoes Adobe's inversion), or a header libjpeg-turbo calls damaged.
+    """
+    if simplejpeg is None or not data.startswith(_JPEG_MAGIC):
+        return None
+    if any(mark in data for mark in _ORIENTATION_MARKS):
+        return None
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    return w, h, colorspace == "Gray"
+
+
+def _decode_jpeg(data: bytes, grey: bool) -> torch.Tensor | None:
+    """A plain JPEG -> uint8 (1 or 3, H, W) by libjpeg-turbo (releases the GIL).
+
+    None for damage (``strict``: even what libjpeg-turbo could recover from), which Pillow
+    then reads or names as truncated or corrupt.
+    """
+    try:
+        a = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB")  # (H, W, C)
+    except ValueError:
+        return None
+    return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def _decode_pil(img: Image.Image) -> torch.Tensor:
@@ -135,7 +151,7 @@ def _decode_pil(img: Image.Image) -> torch.Tensor:
         img = img.convert("RGBA" if mode == "PA" else "RGB")
         mode = img.mode
     if mode in ("1", "L"):
-        return torch.from_numpy(np.asarray(img.convert("L")).copy()).unsqueeze(0)
+        return torch.from_numpy(np.array(img if mode == "L" else img.convert("L"))).unsqueeze(0)
     if mode in ("LA", "La"):
         a = torch.from_numpy(np.asarray(img.convert("LA")).copy()).permute(2, 0, 1)
         return _composite_on_white(a)
@@ -143,7 +159,8 @@ def _decode_pil(img: Image.Image) -> torch.Tensor:
         a = torch.from_numpy(np.asarray(img.convert("RGBA")).copy()).permute(2, 0, 1)
         return _composite_on_white(a)
     # RGB, RGBX, CMYK (Pillow undoes Adobe's inversion), YCbCr, LAB, HSV, 16-bit RGB
-    return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    a = np.array(img if mode == "RGB" else img.convert("RGB"))  # (H, W, 3), writable copy
+    return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def decode_image_bytes(data: bytes, path: str = "<bytes>") -> torch.Tensor:
@@ -154,6 +171,13 @@ def decode_image_bytes(data: bytes, path: str = "<bytes>") -> torch.Tensor:
     """
     if len(data) == 0:
         raise BadImage(path, "empty file (0 bytes)")
+    head = _plain_jpeg_header(data)
+    if head is not None:
+        w, h, grey = head
+        _check_size(path, w, h)  # before any pixel is decoded, as on the Pillow path
+        x = _decode_jpeg(data, grey)
+        if x is not None:
+            return x
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses itself
@@ -161,35 +185,14 @@ def decode_image_bytes(data: bytes, path: str = "<bytes>") -> torch.Tensor:
             path, f"over Pillow's pixel limit (PIL.Image.MAX_IMAGE_PIXELS): {e}; refused"
         ) from None
     except UnidentifiedImageError:
-        raise BadImage(path, "not an image file Pillow or torchvision can read") from None
+        raise BadImage(path, "not an image file Pillow can read") from None
     except Exception as e:  # Pillow raises many types for malformed headers
         raise BadImage(path, f"unreadable image header ({e})") from None
-    w, h = img.size
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and w * h > limit:
-        raise BadImage(
-            path,
-            f"{w}x{h} = {w * h} pixels is over Pillow's limit of {limit} "
-            "(PIL.Image.MAX_IMAGE_PIXELS); refused without decoding",
-        )
-    if w == 0 or h == 0:
-        raise BadImage(path, f"image has no pixels ({w}x{h})")
-    grey = img.mode in _GREY_MODES
-    alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    _check_size(path, *img.size)
     try:
-        x = None
-        if img.format in _TV_FORMATS and _torchvision_decoder() is not None:
-            if img.format == "JPEG":
-                alpha = False  # torchvision has no alpha modes for JPEG (JPEG has no alpha)
-            try:
-                x = _decode_torchvision(data, grey, alpha)
-            except Exception:
-                x = None  # libjpeg is stricter than Pillow about recoverable damage: retry
-        if x is None:
-            x = _decode_pil(img)
+        x = _decode_pil(img)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        msg = re.sub(r"^.*?\.cpp:\d+, ", "", msg)  # drop torchvision's C++ file:line prefix
         raise BadImage(path, f"truncated or corrupt ({msg})") from None
     if x.ndim != 3 or x.shape[0] not in (1, 3):  # e.g. an animated image decoded as 4D
         raise BadImage(path, f"unexpected decoded shape {tuple(x.shape)}")

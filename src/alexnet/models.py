@@ -158,7 +158,7 @@ class AlexNetPaper(_SizeChecked):
 
         # Section 3.3: b(i) = a(i) / (k + alpha * sum a^2)^beta over n = 5 neighbours.
         # PyTorch divides alpha by n, the paper does not: pass alpha * n to match it.
-        # lrn=False (seed 002's "original") puts Identity in their place, so layer indices stay.
+        # lrn=False (the CIFAR-10 tutorial's "original") puts Identity in their place, so layer indices stay.
         def norm() -> nn.Module:
             if not lrn:
                 return nn.Identity()
@@ -211,7 +211,7 @@ class AlexNetPaper(_SizeChecked):
 
 
 # ----------------------------------------------------------------------------------------
-# A BatchNorm AlexNet (seed 001's layout, its two bugs fixed).
+# A BatchNorm AlexNet (a layout found in many tutorials, their two bugs fixed).
 
 
 def _bn_conv(cin: int, cout: int, k: int, s: int, p: int, pool: bool, dropout: float):
@@ -433,13 +433,22 @@ class ModelInfo:
     min_input_size: int
     default_in_channels: int
     default_num_classes: int
+    # SGD learning rate for training from scratch when no recipe of this variant gives one:
+    # 0.01 without BatchNorm (the paper's, torchvision's and d2l's), higher with it
+    default_lr: float = 0.01
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, builder: type[_SizeChecked], *, source: str, in_channels: int, num_classes: int
+    name: str,
+    builder: type[_SizeChecked],
+    *,
+    source: str,
+    in_channels: int,
+    num_classes: int,
+    lr: float = 0.01,
 ) -> None:
     """Add a variant to the registry; a name can be registered only once."""
     if name in _REGISTRY:
@@ -452,6 +461,7 @@ def register_model(
         min_input_size=builder.min_input_size,
         default_in_channels=in_channels,
         default_num_classes=num_classes,
+        default_lr=lr,
     )
 
 
@@ -472,9 +482,10 @@ register_model(
 register_model(
     "alexnet_bn",
     AlexNetBN,
-    source="BatchNorm AlexNet (seed 001, fixed)",
+    source="a BatchNorm variant found in many tutorials (their bugs fixed)",
     in_channels=3,
     num_classes=1000,
+    lr=0.05,
 )
 register_model(
     "alexnet_d2l", AlexNetD2L, source="Dive into Deep Learning, 7.1", in_channels=1, num_classes=10
@@ -485,6 +496,7 @@ register_model(
     source="ours: AlexNet shape for 32x32",
     in_channels=3,
     num_classes=10,
+    lr=0.05,
 )
 
 

@@ -48,11 +48,41 @@ def _column(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-def plot_curves(history: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """``loss.png`` (train and validation loss) and ``accuracy.png`` (train top-1, validation
-    top-1 and top-5, in percent) against the epoch, in ``out_dir``; returns both paths."""
-    out_dir = Path(out_dir)
-    paths = []
+def _label_best(fig, ax, x: float, y: float, text: str) -> None:
+    """Mark (x, y) and write ``text`` next to it, inside the axes.
+
+    The label goes to the side of the point facing the middle of the plot, below it unless
+    the point is near the bottom; then the renderer measures it and moves it in if it still
+    crosses an edge (a short run's best epoch is often the last one, at the right edge).
+    """
+    ax.plot([x], [y], marker="*", ms=9, color="black", linestyle="none", zorder=3)
+    ax.get_xlim(), ax.get_ylim()  # settle the (lazy) autoscaled limits before measuring
+    fx, fy = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))
+    ha = "right" if fx > 0.6 else "left" if fx < 0.4 else "center"
+    below = fy > 0.25
+    ann = ax.annotate(
+        text,
+        (x, y),
+        textcoords="offset points",
+        xytext=({"right": -6, "left": 6, "center": 0}[ha], -9 if below else 9),
+        ha=ha,
+        va="top" if below else "bottom",
+        fontsize=8,
+    )
+    renderer = fig.canvas.get_renderer()
+    box, frame = ann.get_window_extent(renderer), ax.get_window_extent(renderer)
+    pad = 3.0  # pixels
+    dx = min(0.0, frame.x1 - pad - box.x1) or max(0.0, frame.x0 + pad - box.x0)
+    dy = min(0.0, frame.y1 - pad - box.y1) or max(0.0, frame.y0 + pad - box.y0)
+    if dx or dy:
+        to_points = 72.0 / fig.dpi
+        ox, oy = ann.xyann
+        ann.xyann = (ox + dx * to_points, oy + dy * to_points)
+
+
+def _curve_figures(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """{"loss": Figure, "accuracy": Figure} of ``history`` (see :func:`plot_curves`)."""
+    figures = {}
     for name, keys, ylabel in (
         ("loss", [("train_loss", "train"), ("val_loss", "validation")], "cross-entropy loss"),
         (
@@ -73,21 +103,25 @@ def plot_curves(history: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
         if ax.lines:
             ax.legend()
             ax.xaxis.get_major_locator().set_params(integer=True)
+            if len({x for line in ax.lines for x in line.get_xdata()}) == 1:
+                ax.set_xticks(ax.lines[0].get_xdata())  # one epoch: no 0.96, 0.98, ... ticks
+        # laid out before the label: the label is then placed in the final axes
+        fig.tight_layout()
         if name == "accuracy":
             xs, ys = _column(history, "val_top1")
             if ys:
                 i = int(np.argmax(ys))
-                ax.annotate(
-                    f"best {ys[i]:.2f}% (epoch {xs[i]})",
-                    (xs[i], ys[i]),
-                    textcoords="offset points",
-                    xytext=(0, -14),
-                    ha="center",
-                    fontsize=8,
-                )
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"{name}.png"))
-    return paths
+                _label_best(fig, ax, xs[i], ys[i], f"best {ys[i]:.2f}% (epoch {xs[i]})")
+        figures[name] = fig
+    return figures
+
+
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` (train and validation loss) and ``accuracy.png`` (train top-1, validation
+    top-1 and top-5, in percent, the best validation top-1 labelled) against the epoch, in
+    ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    return [_save(fig, out_dir / f"{name}.png") for name, fig in _curve_figures(history).items()]
 
 
 def plot_confusion(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .engine import ranked
 from .errors import DataError, UserError, WeightsError
 from .imagecache import IMAGE_EXTENSIONS
 from .weights import ModelMeta
@@ -315,7 +316,8 @@ def iter_predict(
         x = torch.stack([t for _, t in pending]).to(device)  # (B, C, S, S) uint8
         logits = model(normalize(x, meta))  # (B, K)
         probs = torch.softmax(logits.float(), dim=1)
-        top_p, top_i = probs.topk(k, dim=1)
+        top_i = ranked(probs, k)  # ties to the lower index, as alexnet eval counts them
+        top_p = probs.gather(1, top_i)
         for (p, _), pi, ii in zip(pending, top_p.tolist(), top_i.tolist(), strict=True):
             yield Prediction(str(p), ii, [labels[i] for i in ii], pi)
         pending.clear()
@@ -466,7 +468,7 @@ def extract_features(
     averages conv maps over space: (N, C) instead of (N, C, H, W). Bad files are skipped
     and listed in ``failures``.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     if pool not in ("none", "avg"):
         raise UserError(f"unknown pooling {pool!r}; use none or avg")
@@ -489,7 +491,7 @@ def extract_features(
         keep_paths: list[str] = []
         keep_labels: list[int] = []
         batch: list[torch.Tensor] = []
-        bar = tqdm(total=len(files), desc=f"features {layer}", unit="img", disable=not progress)
+        bar = progress_bar(total=len(files), desc=f"features {layer}", unit="img", enabled=progress)
         label_of = dict(zip(files, labels_list, strict=True))
         try:
             for path, item in _decode_many(files, meta, _default_threads()):
@@ -523,7 +525,9 @@ def extract_features(
             raise DataError(f"{name} has no {split!r} split; use train, val or test")
         classes = list(bundle.classes)
         loader = BatchLoader(chosen, batch_size=batch_size, shuffle=False, device="cpu")
-        bar = tqdm(total=len(chosen), desc=f"features {layer}", unit="img", disable=not progress)
+        bar = progress_bar(
+            total=len(chosen), desc=f"features {layer}", unit="img", enabled=progress
+        )
         try:
             for x, _ in loader:  # (B, C, S, S) uint8 at the dataset's stored size
                 run(x)  # normalize() frames, adapts channels and normalises like evaluation

@@ -103,7 +103,32 @@ def _as_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _metrics_table(history: Sequence[dict[str, Any]]) -> str:
+def _evaluation_rows(evaluation: dict[str, Any] | None, confusion: np.ndarray) -> list:
+    """The final evaluation's rows: the split the confusion matrix shows, the same numbers."""
+    cm = np.asarray(confusion)
+    total = int(cm.sum())
+    # top-1 is the confusion matrix's trace over its sum: the matrix shown below
+    trace_top1 = 100.0 * float(np.trace(cm)) / total if total else None
+    if evaluation is None:
+        return [] if trace_top1 is None else [("confusion matrix top-1 (%)", f"{trace_top1:.2f}")]
+    ev = dict(evaluation)
+    split = ev.get("split", "evaluation")
+    top1 = _as_float(ev.get("top1"))
+    if top1 is None:
+        top1 = trace_top1
+    weights = f", {ev['weights']} weights" if ev.get("weights") else ""
+    rows = [(f"{split} top-1 (%)", f"{top1:.2f}" if top1 is not None else "–")]
+    if _as_float(ev.get("top5")) is not None:
+        rows.append((f"{split} top-5 (%)", f"{float(ev['top5']):.2f}"))
+    if _as_float(ev.get("loss")) is not None:
+        rows.append((f"{split} loss", _fmt(float(ev["loss"]))))
+    rows.append((f"{split} images", f"{int(ev.get('num_images', total)):,}{weights}"))
+    return rows
+
+
+def _metrics_table(
+    history: Sequence[dict[str, Any]], evaluation_rows: Sequence[tuple[str, str]] = ()
+) -> str:
     if not history:
         return "<p>No completed epoch.</p>"
     last = history[-1]
@@ -127,6 +152,7 @@ def _metrics_table(history: Sequence[dict[str, Any]]) -> str:
     if vals:
         best, epoch = max(vals, key=lambda t: t[0])
         rows.append(("best validation top-1 (%)", f"{best:.2f} (epoch {epoch})"))
+    rows += evaluation_rows
     body = "".join(
         f'<tr><th>{html.escape(k)}</th><td class="num">{html.escape(v)}</td></tr>' for k, v in rows
     )
@@ -143,7 +169,11 @@ def _config_table(config: dict[str, Any]) -> str:
 
 
 def _samples_grid(
-    samples: torch.Tensor, labels: Sequence[int], preds: Sequence[int], classes: Sequence[str]
+    samples: torch.Tensor,
+    labels: Sequence[int],
+    preds: Sequence[int],
+    classes: Sequence[str],
+    split: str = "validation",
 ) -> str:
     def name(i: int) -> str:
         return str(classes[i]) if 0 <= i < len(classes) else str(i)
@@ -162,7 +192,7 @@ def _samples_grid(
             f'<figcaption><span class="mark">{mark}</span><br>'
             f"pred: {html.escape(name(p))}<br>true: {html.escape(name(t))}</figcaption></figure>"
         )
-    head = f"<p>{n} validation images, {wrong} predicted wrongly (red, marked ✗).</p>"
+    head = f"<p>{n} {html.escape(split)} images, {wrong} predicted wrongly (red, marked ✗).</p>"
     return head + f'<div class="grid">{"".join(cells)}</div>'
 
 
@@ -177,6 +207,7 @@ def render_report(
     sample_labels: Sequence[int],
     sample_preds: Sequence[int],
     model: nn.Module,
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     from .plots import plot_confusion, plot_curves
@@ -185,9 +216,16 @@ def render_report(
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
         curve_paths = plot_curves(list(history), tmp)
         curves = [(p.stem, p.read_bytes()) for p in curve_paths]
-        confusion_png = plot_confusion(np.asarray(confusion), list(classes), Path(tmp) / "cm.png")
+        ev = evaluation or {}
+        cm_title = ev.get("split") and ", ".join(
+            [ev["split"]] + ([f"{ev['weights']} weights"] if ev.get("weights") else [])
+        )  # as plots/confusion.png says it
+        confusion_png = plot_confusion(
+            np.asarray(confusion), list(classes), Path(tmp) / "cm.png", title=cm_title or None
+        )
         confusion_png = confusion_png.read_bytes()
     filters_png = figure_png(filters_figure(model))
+    shown = (evaluation or {}).get("split") or "validation"  # the split the samples come from
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     what = " · ".join(
         html.escape(str(config[k]))
@@ -202,7 +240,7 @@ def render_report(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">{what} · {len(classes)} classes · written {html.escape(when)}</p>',
         '<h2 id="metrics">Final metrics</h2>',
-        _metrics_table(history),
+        _metrics_table(history, _evaluation_rows(evaluation, confusion)),
         '<h2 id="curves">Curves</h2><div class="plots two">',
         *(_img(data, f"{name} curves") for name, data in curves),
         "</div>",
@@ -213,8 +251,8 @@ def render_report(
         '<h2 id="filters">conv1 filters</h2><div class="plots">',
         _img(filters_png, "conv1 filters", cls="mid"),
         "</div>",
-        '<h2 id="samples">Validation images</h2>',
-        _samples_grid(samples, sample_labels, sample_preds, classes),
+        f'<h2 id="samples">{html.escape(shown.capitalize())} images</h2>',
+        _samples_grid(samples, sample_labels, sample_preds, classes, shown),
         '<h2 id="config">Resolved config</h2>',
         _config_table(config),
         "</body></html>",
@@ -233,11 +271,15 @@ def write_report(
     sample_labels: list[int],
     sample_preds: list[int],
     model: nn.Module,
+    evaluation: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
     ``confusion`` is (K, K) int (rows true, columns predicted); ``samples`` uint8
-    (N, C, H, W) validation images with their true and predicted class indices.
+    (N, C, H, W) images of the same split with their true and predicted class indices.
+    ``evaluation`` describes that split's evaluation for the metrics table: ``split``
+    ("test" or "validation"), ``top1``, ``top5``, ``loss``, ``num_images``, ``weights``
+    (e.g. "best (epoch 3)"); top-1 defaults to the confusion matrix's trace over its sum.
     """
     from .atomic import write_atomic
 
@@ -252,5 +294,6 @@ def write_report(
         sample_labels=sample_labels,
         sample_preds=sample_preds,
         model=model,
+        evaluation=evaluation,
     )
     return write_atomic(run_dir / "report.html", text.encode("utf-8"))

@@ -14,6 +14,7 @@ Every function takes a model or a registered variant name and an input size ``(C
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -132,14 +133,55 @@ def _friendly(model: nn.Module) -> dict[str, str]:
 # The layer table.
 
 
+class Summary(str):
+    """The layer table: a ``str`` (print it, search it) that a Python prompt shows as the
+    table rather than one quoted line, and a notebook renders as an HTML table.
+    ``header`` and ``rows`` hold its cells; ``total_params`` and ``mult_adds`` its totals."""
+
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    total_params: int
+    mult_adds: int
+
+    def __new__(cls, text: str, header, rows, total_params: int, mult_adds: int) -> Summary:
+        obj = super().__new__(cls, text)
+        obj.header, obj.rows = tuple(header), list(rows)
+        obj.total_params, obj.mult_adds = total_params, mult_adds
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's plain-text display
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        lines = str(self).splitlines()
+        title, footer = lines[0], [ln for ln in lines[-5:] if not ln.startswith("-")]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>"
+            + f"<td style='text-align:left'><code>{html.escape(r[0])}</code></td>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
+            + "</tr>"
+            for r in self.rows
+        )
+        notes = "<br>".join(html.escape(ln) for ln in footer[-4:])
+        return (
+            f"<p><b>{html.escape(title)}</b></p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><p>{notes}</p>"
+        )
+
+
 def summarize(
     model_or_name: nn.Module | str,
     input_size: InputSize | None = None,
     num_classes: int | None = None,
-) -> str:
+) -> Summary:
     """torchinfo's layer table for one image: output shape, parameters, mult-adds, totals.
 
-    ``num_classes`` only applies when a variant name is given.
+    ``num_classes`` only applies when a variant name is given. The result is a string that
+    prints as the table (and renders as one in Jupyter).
     """
     import torchinfo
 
@@ -203,7 +245,7 @@ def summarize(
     published = _published_figures(variant, input_size, classes)
     if published:
         out.append(published)
-    return "\n".join(out)
+    return Summary("\n".join(out), header, rows, total, macs_total)
 
 
 def _num_outputs(model: nn.Module) -> int | None:

@@ -29,6 +29,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,13 +53,22 @@ from .checkpoint import (
     state_is_finite,
     write_atomic,
 )
-from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, resolve_config
+from .config import (
+    ConfigError,
+    ResolvedConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    describe,
+    resolve,
+)
 from .distributed import fault_point, session, state_digest
 from .engine import SINGLE, Diverged, LRSchedule, build_optimizer, train_one_epoch
 from .engine import evaluate as evaluate_loop
 from .errors import UserError, WeightsError
 from .models import model_info
 from .runtime import pick_device, resolve_precision, seed_everything, set_deterministic, set_threads
+from .text import plural
 
 __all__ = ["RunResult", "train", "run", "evaluate", "METRIC_COLUMNS", "read_metrics"]
 
@@ -109,6 +119,14 @@ class RunResult:
     wall_time: float
     images_per_s: float
     paths: dict[str, Path] = field(default_factory=dict)
+    model: nn.Module | None = None  # the trained model with the weights evaluated on test
+
+    def __repr__(self) -> str:  # the model's repr is pages long: show what a user looks for
+        test = f", test_top1={self.test_top1:.2f}" if self.test is not None else ""
+        return (
+            f"RunResult(run_dir={str(self.run_dir)!r}, best_top1={self.best_top1:.2f}, "
+            f"best_epoch={self.best_epoch}{test}, epochs={len(self.history)})"
+        )
 
     @property
     def test_top1(self) -> float | None:
@@ -139,7 +157,8 @@ def train(
         parts = [f"{k}={v!r}" for k, v in {**named, **overrides}.items() if v is not None]
         argv = [f"alexnet.train({', '.join(parts)})"]
     if resume is None:
-        return run(resolve_config(recipe, config, overrides), argv=argv)
+        settings = resolve(recipe, config, overrides)
+        return run(settings.config, argv=argv, settings=settings)
     if recipe is not None or config is not None:
         raise ConfigError("resume continues a run with its own config; drop recipe/config")
     run_dir = Path(resume)
@@ -163,8 +182,12 @@ def train(
             )
         changes[key] = value
     if changes:
-        cfg = config_from_dict({**config_to_dict(cfg), **changes}, "option")
-    return run(cfg, resume_dir=run_dir, argv=argv, old_epochs=saved.get("epochs"))
+        cfg = config_from_dict({**config_to_dict(cfg), **changes}, "flag")
+    sources = {k: ("flag" if k in changes else str(cfg_path)) for k in config_to_dict(cfg)}
+    settings = ResolvedConfig(cfg, sources)
+    return run(
+        cfg, resume_dir=run_dir, argv=argv, old_epochs=saved.get("epochs"), settings=settings
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -372,6 +395,16 @@ class _Job:
             mean=mean,
             std=std,
             model_kwargs={k: v for k, v in cfg.model_kwargs.items() if k != "num_classes"},
+            data={  # what `alexnet eval MODEL` evaluates on when no dataset is named
+                "dataset": cfg.dataset,
+                "root": cfg.data,
+                "train_split": cfg.train_split,
+                "val_split": cfg.val_split,
+                "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed,
+                "load_size": cfg.load_size,
+                "skip_bad_images": cfg.skip_bad_images,
+            },
         )
 
         # -- transfer learning (init weights, frozen features), optimiser, schedule, loss
@@ -489,14 +522,30 @@ class _RunFolder:
         try:
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
             (path / "plots").mkdir(exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # at once, so that a run killed while its data loads can still be resumed
+            _write_yaml(path / "config.yaml", config_to_dict(replace(cfg, name=path.name)))
         except OSError as e:
             raise UserError(
                 f"cannot write the run folder {path}: {e.strerror or e}; pick a writable --run-dir"
             ) from None
         return path
+
+    @staticmethod
+    def new_folders(cfg: TrainConfig) -> list[Path]:
+        """The folders above the run folder that :meth:`create` will make, deepest first."""
+        root = Path(cfg.run_dir).absolute()
+        return [p for p in [root, *root.parents] if not p.exists()]
+
+    @staticmethod
+    def remove_unstarted(path: Path, new_parents: list[Path]) -> None:
+        """Take away a folder made by :meth:`create` for a run that never started (a bad
+        setting found while building it), and the parents it made; anything else stays."""
+        (path / "config.yaml").unlink(missing_ok=True)
+        for folder in [path / "checkpoints", path / "plots", path, *new_parents]:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
     def start(self, argv: list[str] | None, resume_note: dict | None) -> None:
         if not self.writes:
@@ -701,30 +750,33 @@ def run(
     argv: list[str] | None = None,
     old_epochs: int | None = None,
     dist: Any = SINGLE,
+    settings: ResolvedConfig | None = None,
 ) -> RunResult:
     """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``.
 
     Under torchrun the process joins the group (:func:`alexnet.distributed.session`) and
     trains its shard with DDP; rank 0 writes the run folder.
     """
-    from tqdm.auto import tqdm
-
     if dist is SINGLE:  # not given: torchrun's group when launched by it, else one process
         with session(cfg.device) as ctx:
-            return run(cfg, resume_dir=resume_dir, argv=argv, old_epochs=old_epochs, dist=ctx)
+            return run(
+                cfg,
+                resume_dir=resume_dir,
+                argv=argv,
+                old_epochs=old_epochs,
+                dist=ctx,
+                settings=settings,
+            )
     t_start = time.perf_counter()
     created = None
     if resume_dir is None and dist.is_main:  # an unwritable --run-dir fails before any work
+        new_parents = _RunFolder.new_folders(cfg)
         created = _RunFolder.create(cfg)
     try:
         job = _Job(cfg, dist)
-    except BaseException:
-        if created is not None:  # leave nothing behind for a run that never started
-            for sub in ("checkpoints", "plots", ""):
-                try:
-                    (created / sub).rmdir()
-                except OSError:
-                    pass
+    except UserError:
+        if created is not None:  # a setting that cannot work: leave nothing behind
+            _RunFolder.remove_unstarted(created, new_parents)
         raise
     if resume_dir is None:
         # rank 0 named the folder (an automatic name holds the time): every rank takes it
@@ -743,8 +795,12 @@ def run(
             f"{'resuming' if note else 'training'} {cfg.model} on {bundle.name} "
             f"({len(bundle.train)} train / {len(bundle.val)} val images, {len(job.classes)} "
             f"classes, {job.image_size}px) on {job.device} [{_dtype_name(job.amp_dtype)}, "
-            f"{job.threads} threads] -> {folder.path}"
+            f"{plural(job.threads, 'thread')}] -> {folder.path}"
         )
+        if settings is not None:
+            width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+            for line in describe(settings, width=width - 1):
+                _say(line)
         if dist.is_distributed:
             n, b = dist.world_size, cfg.batch_size
             _say(
@@ -771,6 +827,9 @@ def run(
         return KeyboardInterrupt(f"stopped; resume with --resume {folder.path}")
 
     # -- the loop
+    from .progress import bar as progress_bar
+    from .progress import epoch_line, terminal_width
+
     train_time, train_images = 0.0, 0
     progress = cfg.progress and dist.is_main
     with _GracefulStop() as stop:
@@ -788,14 +847,14 @@ def run(
                         if dist.is_main:
                             _say(f"epoch {epoch}: features unfrozen")
                 epoch_lr = schedule.base_lrs[0] * schedule.factor((epoch - 1) * job.steps_per_epoch)
-                bar = tqdm(
+                # a bar on a terminal only (a log gets the epoch line below, no \r frames)
+                bar = progress_bar(
                     total=job.steps_per_epoch,
                     initial=pos["step"],
                     desc=f"epoch {epoch}/{cfg.epochs}",
                     unit="batch",
-                    disable=not progress,
-                    dynamic_ncols=True,
-                    file=sys.stderr,
+                    enabled=progress,
+                    numbers_first=True,
                 )
                 with bar:
                     tr = train_one_epoch(
@@ -831,14 +890,22 @@ def run(
                     val = None
                     if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                         val = job.evaluate(job.val_loader)
-                        bar.set_postfix_str(
-                            f"loss {tr['loss']:.4f} acc {tr['top1']:.2f}% | val {val['top1']:.2f}%"
-                            f" top5 {val['top5']:.2f}% | {tr['images_per_s']:.0f} img/s"
-                        )
                 schedule.epoch_end(val["top1"] if val else None)
-                if not progress and dist.is_main:
-                    shown = f" val top-1 {val['top1']:.2f}%" if val else ""
-                    _say(f"epoch {epoch}/{cfg.epochs} loss {tr['loss']:.4f}{shown}")
+                elapsed = time.perf_counter() - t_start
+                if dist.is_main:  # with or without the bar: a log keeps every number
+                    _say(
+                        epoch_line(
+                            epoch,
+                            cfg.epochs,
+                            loss=tr["loss"],
+                            acc=tr["top1"],
+                            val_top1=val["top1"] if val else None,
+                            val_top5=val["top5"] if val else None,
+                            images_per_s=tr["images_per_s"],
+                            elapsed=elapsed,
+                            width=terminal_width(sys.stdout),
+                        )
+                    )
                 if not job.weights_finite():  # never write NaN weights
                     raise diverged(f"after epoch {epoch}")
                 folder.end_epoch(
@@ -854,7 +921,7 @@ def run(
                         "images_per_s": tr["images_per_s"],
                         # time to accuracy: with val_top1, the curve `bench time-to-accuracy`
                         # reads (a resumed run counts from its resume)
-                        "elapsed": time.perf_counter() - t_start,
+                        "elapsed": elapsed,
                     }
                 )
                 if stop.requested and epoch < cfg.epochs:  # Ctrl-C during validation or saving
@@ -939,6 +1006,7 @@ def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) ->
         wall_time=wall,
         images_per_s=ips,
         paths=paths,
+        model=job.model.eval(),
     )
 
 
@@ -959,6 +1027,16 @@ def _write_report(job: _Job, folder: _RunFolder, split, confusion: torch.Tensor)
             x = x[..., off : off + job.image_size, off : off + job.image_size]
         with autocast(job.device, job.amp_dtype):
             preds = job.model(x).argmax(dim=1).cpu().tolist()
+    # the final evaluation, as _finish recorded it in provenance.json: the confusion matrix's
+    # split, its weights and (for a test split) its numbers; top-1 is the matrix's trace
+    result = folder.provenance.get("result") or {}
+    tested = result.get("test") or {}
+    evaluation = {
+        "split": "test" if tested else "validation",
+        "weights": result.get("weights_evaluated"),
+        "num_images": int(confusion.sum()),
+        **tested,
+    }
     write_report(
         folder.path,
         config=config_to_dict(job.cfg),
@@ -969,6 +1047,7 @@ def _write_report(job: _Job, folder: _RunFolder, split, confusion: torch.Tensor)
         sample_labels=labels,
         sample_preds=preds,
         model=job.model,
+        evaluation=evaluation,
     )
 
 
@@ -1133,20 +1212,22 @@ def evaluate(
     download: bool = False,
     output: str | Path | None = None,
     progress: bool = True,
+    log: Any = print,
 ) -> dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and confusion matrix of a saved model.
 
-    ``checkpoint`` is a ``model.safetensors`` or a training checkpoint (``best.pt``);
-    ``dataset`` a registered name, or ``data`` a folder (imagefolder). ``split`` is ``val``
-    or ``test``; when the checkpoint carries its training config and the dataset is the same,
-    ``val`` is the same held-out images the run validated on. ``output`` writes the confusion
-    matrix as a PNG. Accuracies are percentages.
+    ``checkpoint`` is a ``model.safetensors``, a training checkpoint (``best.pt``) or an
+    exported ``.onnx``; ``dataset`` a registered name, or ``data`` a folder (imagefolder).
+    With neither, the data the model file records it was trained on (``log`` is called with
+    a line saying so; None: silent). ``split`` is ``val`` or ``test``; when the file records
+    its training data and the dataset is the same, ``val`` is the same held-out images the
+    run validated on. ``output`` writes the confusion matrix as a PNG. Accuracies are
+    percentages; top-1, per-class and the confusion matrix come from one prediction per image.
     """
-    from tqdm.auto import tqdm
-
     from .augment import BatchTransform
     from .data import BatchLoader, load_data
     from .plots import plot_confusion
+    from .progress import bar as progress_bar
     from .weights import load_model_file
 
     if split not in ("val", "test"):
@@ -1159,27 +1240,33 @@ def evaluate(
     dev = pick_device(device)
     amp_dtype = resolve_precision(precision, dev)
     model, meta = load_model_file(path, device=dev)
-    train_cfg: dict[str, Any] = {}
-    if path.suffix not in (".safetensors", ".onnx"):  # a checkpoint: it knows its run
-        train_cfg = dict(load_checkpoint(path).get("config") or {})
+    trained_on = dict(meta.data)  # {} in files written before the data was recorded
+    if not trained_on and path.suffix not in (".safetensors", ".onnx"):
+        cfg = dict(load_checkpoint(path).get("config") or {})  # an older checkpoint's config
+        if cfg.get("dataset"):
+            trained_on = {**cfg, "root": cfg.get("data")}
+    named = dataset is not None or data is not None
     if dataset is None:
-        dataset = "imagefolder" if data is not None else train_cfg.get("dataset")
+        dataset = "imagefolder" if data is not None else trained_on.get("dataset")
     if dataset is None:
         raise UserError("say what to evaluate on: --dataset NAME or --data ROOT")
-    same = train_cfg.get("dataset") == dataset  # then the run's own splits and sizes
+    same = trained_on.get("dataset") == dataset  # then the run's own splits and sizes
     if data is None and same:
-        data = train_cfg.get("data")
-    load_size = train_cfg.get("load_size") if same else None  # None: the dataset's default
+        data = trained_on.get("root")
+    if not named and log is not None:
+        where = f"{dataset} ({data})" if data is not None else dataset
+        log(f"evaluating on {where} {split}, the data {path} was trained on")
+    load_size = trained_on.get("load_size") if same else None  # None: the dataset's default
     bundle = load_data(
         dataset,
         root=str(data) if data is not None else None,
         download=download,
         load_size=load_size,
-        train_split=train_cfg.get("train_split", "train") if same else "train",
-        val_split=train_cfg.get("val_split", "val") if same else "val",
-        val_fraction=train_cfg.get("val_fraction", 0.1) if same else 0.1,
-        seed=train_cfg.get("seed", 0) if same else 0,
-        skip_bad_images=bool(train_cfg.get("skip_bad_images", False)),
+        train_split=trained_on.get("train_split", "train") if same else "train",
+        val_split=trained_on.get("val_split", "val") if same else "val",
+        val_fraction=trained_on.get("val_fraction", 0.1) if same else 0.1,
+        seed=trained_on.get("seed", 0) if same else 0,
+        skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
     )
     chosen = bundle.test if split == "test" else bundle.val
     if chosen is None:
@@ -1207,7 +1294,8 @@ def evaluate(
     channels_last = dev.type != "mps"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    with tqdm(total=len(loader), desc=f"eval {split}", unit="batch", disable=not progress) as bar:
+    bar = progress_bar(total=len(loader), desc=f"eval {split}", unit="batch", enabled=progress)
+    with bar:
         res = evaluate_loop(
             model,
             loader,

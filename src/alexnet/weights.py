@@ -71,6 +71,9 @@ class ModelMeta:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     model_kwargs: dict = field(default_factory=dict)
+    # the data it was trained on (dataset, root, train_split, val_split, val_fraction, seed,
+    # load_size, skip_bad_images): `alexnet eval` without --dataset evaluates on it; {} unknown
+    data: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (lists, not tuples), safe for ``torch.load(weights_only=True)``."""
@@ -79,6 +82,7 @@ class ModelMeta:
         d["mean"] = [float(v) for v in self.mean]
         d["std"] = [float(v) for v in self.std]
         d["model_kwargs"] = json.loads(json.dumps(self.model_kwargs))  # tuples -> lists
+        d["data"] = json.loads(json.dumps(self.data))
         return d
 
     @classmethod
@@ -96,6 +100,7 @@ class ModelMeta:
             mean=[float(v) for v in d.get("mean", [])],
             std=[float(v) for v in d.get("std", [])],
             model_kwargs=dict(d.get("model_kwargs", {})),
+            data=dict(d.get("data") or {}),  # files written before it was recorded: {}
         )
 
 
@@ -176,6 +181,49 @@ def zip_damage(path: Path) -> str | None:
     return None if bad is None else f"CRC mismatch in entry {bad!r}"
 
 
+EXPECTED_FILES = (
+    "expected model.safetensors, a checkpoint .pt written by alexnet train, a state dict saved "
+    "with torch.save, or an .onnx from alexnet export"
+)
+
+# The first bytes of formats people hand over by mistake.
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x89HDF", "an HDF5 file (Keras .h5 weights?)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"PK", "a zip archive that is not a PyTorch file"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+def what_file_is(path: Path) -> str:
+    """A few words on what ``path`` holds, for a message: "a text file", "a PNG image"..."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "empty (0 bytes)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the block
+            return f"{path.stat().st_size:,} bytes of an unknown format"
+    return "a text file"
+
+
+def not_weights(path: Path) -> WeightsError:
+    return WeightsError(
+        f"{path} is not a PyTorch weights file: it is {what_file_is(path)}; {EXPECTED_FILES}"
+    )
+
+
 def _torch_load(path: Path) -> Any:
     if zipfile.is_zipfile(path):  # torch's format since 1.6; older files are bare pickles
         problem = zip_damage(path)
@@ -187,10 +235,10 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():  # e.g. "invalid load key": not a pickle
-            raise WeightsError(
-                f"{path} is not a PyTorch weights file ({_first_line(e, 100)})"
-            ) from None
+            raise not_weights(path) from None
         reason = _unpickler_reason(e)
+        if not runs_code(reason) and "unknown format" not in what_file_is(path):
+            raise not_weights(path) from None  # an image, a text file...: say which
         if not runs_code(reason):  # e.g. "Unsupported operand": damaged or not a pickle
             raise WeightsError(
                 f"{path} is not a PyTorch weights file (damaged or another format: {reason})"
@@ -201,10 +249,8 @@ def _torch_load(path: Path) -> Any:
             f"({reason}); only plain tensors and state dicts are accepted, "
             "re-save it as model.state_dict() or .safetensors"
         ) from None
-    except Exception as e:  # EOFError, RuntimeError, KeyError, BadZipFile ...: not weights
-        raise WeightsError(
-            f"{path} is not a PyTorch weights file ({type(e).__name__}: {_first_line(e, 100)})"
-        ) from None
+    except Exception:  # EOFError, RuntimeError, KeyError, BadZipFile ...: not weights
+        raise not_weights(path) from None
 
 
 def _is_state_dict(obj: Any) -> bool:

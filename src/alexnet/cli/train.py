@@ -183,7 +183,10 @@ def _add_eval(sub) -> None:
         metavar="FILE",
         help="model.safetensors, a checkpoint .pt, or an .onnx from alexnet export (int8 too)",
     )
-    p.add_argument("--dataset", help="registered dataset name")
+    p.add_argument(
+        "--dataset",
+        help="registered dataset name (default: the data the model file records it was trained on)",
+    )
     p.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder without --dataset)")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none")
@@ -194,6 +197,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--download", action="store_true")
     p.add_argument("--output", metavar="PNG", help="confusion matrix image (default: printed path)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
 
@@ -218,7 +222,9 @@ def _eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         download=args.download,
         output=output,
-        progress=not args.json,
+        progress=not (args.json or args.no_progress),
+        # stdout holds only the JSON object with --json: the note goes to stderr
+        log=(lambda line: print(line, file=sys.stderr)) if args.json else print,
     )
     if args.json:
         print(json.dumps(_finite(res), allow_nan=False))

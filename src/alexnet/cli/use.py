@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..text import plural
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "logits"]
 
@@ -84,7 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="FILE.npz")
     p.add_argument(
         "--split",
-        default="train",
         choices=["train", "val", "test"],
         help="for a dataset name: which split (default train)",
     )
@@ -109,7 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_source(p)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
-    p.add_argument("--output", required=True, metavar="PATH")
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="default: next to the model file, e.g. runs/NAME/model.onnx (model.int8.onnx)",
+    )
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
     q = p.add_argument_group("int8 quantization (ONNX, run by onnxruntime)")
@@ -156,7 +160,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vsub = p.add_subparsers(dest="viz_command", metavar="KIND", required=True)
     v = vsub.add_parser("filters", help="conv1's kernels as a colour grid (the paper's Fig. 3)")
     _add_source(v)
-    v.add_argument("--output", metavar="FILE.png", help="default: <model>-conv1-filters.png")
+    v.add_argument(
+        "--output",
+        metavar="FILE.png",
+        help="default: NAME-conv1-filters.png here, NAME the run folder of a run's files, "
+        "else the file's name (alexnet-imagenet for --pretrained)",
+    )
     v.set_defaults(func=cmd_viz_filters)
     v = vsub.add_parser("activations", help="the feature maps of a layer for one image")
     v.add_argument("image", metavar="IMAGE")
@@ -204,7 +213,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for bad in missing:
         print(f"alexnet: error: {bad}", file=sys.stderr, flush=True)
     if not paths:
-        print(f"alexnet: no image to predict ({len(missing)} inputs failed)", file=sys.stderr)
+        print(
+            f"alexnet: no image to predict ({plural(len(missing), 'input')} failed)",
+            file=sys.stderr,
+        )
         return 1
     model, meta = _load(args)
     done, failed = 0, len(missing)
@@ -222,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
             print(f"{item.path}\n{rows}", flush=True)
     if failed:
-        print(f"alexnet: {failed} of {done + failed} inputs failed", file=sys.stderr)
+        print(f"alexnet: {failed} of {plural(done + failed, 'input')} failed", file=sys.stderr)
         return 1
     return 0
 
@@ -230,13 +242,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from ..predict import extract_features, save_features
 
+    if Path(args.source).is_dir():  # a folder of images: the dataset flags do not apply
+        for flag, value in (("--data", args.data), ("--split", args.split)):
+            if value is not None:
+                raise UserError(
+                    f"{flag} is for a dataset name, and {args.source} is a folder of images; "
+                    f"drop {flag}"
+                )
     model, meta = _load(args, onnx_ok=False)
     fs = extract_features(
         model,
         meta,
         args.source,
         layer=args.layer,
-        split=args.split,
+        split=args.split or "train",
         data_root=args.data,
         batch_size=args.batch_size,
         pool=args.pool,
@@ -250,16 +269,21 @@ def cmd_features(args: argparse.Namespace) -> int:
     labelled = int((fs.labels >= 0).sum())
     print(
         f"wrote {out}: features {tuple(fs.features.shape)} from {args.layer}, "
-        f"{len(fs.paths)} images ({labelled} labelled, {len(fs.classes)} classes)"
+        f"{plural(len(fs.paths), 'image')} ({labelled} labelled, {len(fs.classes)} classes)"
     )
     if fs.failures:
-        print(f"alexnet: {len(fs.failures)} images failed and were left out", file=sys.stderr)
+        failed = len(fs.failures)
+        print(
+            f"alexnet: {plural(failed, 'image')} failed and {'was' if failed == 1 else 'were'} "
+            "left out",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import calibration_images, export_model
+    from ..export import calibration_images, default_export_path, export_model
 
     if args.calibration and not args.int8:
         raise UserError("--calibration is for --int8 exports; add --int8 or leave it out")
@@ -271,10 +295,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     calibration = None
     if args.int8 and args.calibration:
         calibration = calibration_images(args.calibration, meta, limit=args.calibration_images)
+    output = args.output
+    if output is None:
+        output = default_export_path(args.checkpoint or args.weights, args.format, int8=args.int8)
     r = export_model(
         model,
         meta,
-        args.output,
+        output,
         args.format,
         atol=args.atol,
         rtol=args.rtol,
@@ -306,9 +333,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _stem(args: argparse.Namespace) -> str:
+    """The name a picture of this model gets: its run folder's for a run's own files
+    (runs/NAME/model.safetensors, runs/NAME/checkpoints/best.pt), else the file's."""
     if args.checkpoint:
         p = Path(args.checkpoint)
-        return p.parent.name if p.stem in ("model", "last", "best") else p.stem
+        if p.parent.name == "checkpoints" and p.suffix == ".pt":
+            return p.parent.parent.name or p.stem
+        return p.parent.name if p.stem == "model" and p.parent.name else p.stem
     if args.weights:
         return Path(args.weights).stem
     return "alexnet-imagenet"

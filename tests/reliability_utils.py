@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# The environment variable that slows every atomic write down (alexnet.checkpoint reads it),
+# The environment variable that slows every atomic write down (alexnet.io.checkpoint reads it),
 # so that a SIGKILL lands inside a checkpoint write deterministically.
 SLOW_WRITE_ENV = "ALEXNET_TEST_SLOW_WRITE"
 
@@ -248,8 +248,8 @@ def run_main(*args: str | os.PathLike, capsys) -> Ran:
 # imports it), matplotlib (the report).
 TRAIN_IMPORTS = [
     "alexnet.cli",
-    "alexnet.train",
-    "alexnet.report",
+    "alexnet.training.run",
+    "alexnet.viz.report",
     "sklearn.datasets",
     "torch._inductor.config",
     "matplotlib.figure",
@@ -340,7 +340,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 def metric_rows(run_dir: Path) -> list[dict]:
     """metrics.csv without the clock's columns."""
-    from alexnet.train import read_metrics
+    from alexnet.training.run import read_metrics
 
     return [{k: r[k] for k in EXACT_COLUMNS} for r in read_metrics(run_dir / "metrics.csv")]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.augment import BatchTransform, parse_ops, ten_crop
-from alexnet.config import ConfigError
+from alexnet.data.augment import BatchTransform, parse_ops, ten_crop
+from alexnet.training.config import ConfigError
 
 ALL_OPS = [
     "rotate:20",

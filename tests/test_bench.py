@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.bench import format_train_table, interleaved
+from alexnet.bench.benchmarks import format_train_table, interleaved
 from alexnet.cli import main
-from alexnet.infer import fold_batchnorm, prepare_for_inference
-from alexnet.models import get_model
+from alexnet.inference.fast_path import fold_batchnorm, prepare_for_inference
+from alexnet.models.zoo import get_model
 
 TINY = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 TINY_ARGS = ["--model", "alexnet_cifar", "--model-kwargs", json.dumps(TINY)]
@@ -188,7 +188,7 @@ def test_bench_train_without_train_folder_is_a_user_error(tmp_path, capsys):
 
 def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit(tmp_path, capsys):
     """The same command on a tiny folder: the figures agree with the run's own metrics."""
-    from alexnet.train import read_metrics
+    from alexnet.training.run import read_metrics
 
     root = _image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
     argv = ["bench", "time-to-accuracy", "--data", str(root), "--recipe", "cifar10-fast"]

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe and checked loads, fallback, RNG state (alexnet.checkpoint)."""
+"""Checkpoints: atomic writes, safe and checked loads, fallback, RNG state (alexnet.io.checkpoint)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import (
+from alexnet.errors import WeightsError
+from alexnet.io.checkpoint import (
     capture_rng,
     load_checkpoint,
     load_resume_checkpoint,
@@ -20,7 +21,6 @@ from alexnet.checkpoint import (
     state_is_finite,
     write_atomic,
 )
-from alexnet.errors import WeightsError
 
 
 def state(epoch: int = 1) -> dict:

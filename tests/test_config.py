@@ -1,4 +1,4 @@
-"""TrainConfig resolution, the bundled recipes and the `alexnet train` flags (alexnet.config)."""
+"""TrainConfig resolution, the bundled recipes and the `alexnet train` flags (alexnet.training.config)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from alexnet.cli import build_parser
 from alexnet.cli.train import _set_value
-from alexnet.config import (
+from alexnet.training.config import (
     ConfigError,
     TrainConfig,
     config_from_dict,
@@ -101,8 +101,8 @@ def test_bundled_recipes_all_resolve_with_a_description_and_published_result():
 
 
 def test_every_recipe_names_a_real_model_and_valid_augmentation():
-    from alexnet.augment import parse_ops
-    from alexnet.models import get_model, model_info
+    from alexnet.data.augment import parse_ops
+    from alexnet.models.zoo import get_model, model_info
 
     for name in list_recipes():
         cfg = resolve_config(name)
@@ -217,7 +217,7 @@ def test_config_dict_round_trip():
 
 
 def parse_train(argv: list[str]) -> dict:
-    """What `alexnet train ARGV` hands to alexnet.train.train, without training."""
+    """What `alexnet train ARGV` hands to alexnet.training.run.train, without training."""
     args = build_parser().parse_args(["train", *argv])
     return {k: v for k, v in vars(args).items() if k not in ("func", "command")}
 

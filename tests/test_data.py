@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import imagecache
-from alexnet.data import BatchLoader, Split, list_datasets, load_data, read_image
+from alexnet.data import imagecache as imagecache
+from alexnet.data.loading import BatchLoader, Split, list_datasets, load_data, read_image
 from alexnet.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -439,7 +439,7 @@ def test_bad_images_are_named(tmp_path, monkeypatch):
 def test_bad_images_skipped_and_counted(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     bad = _bad_tree(tmp_path / "t")
-    with caplog.at_level(logging.WARNING, logger="alexnet.data"):
+    with caplog.at_level(logging.WARNING, logger="alexnet.data.loading"):
         b = load_data("imagefolder", root=str(tmp_path / "t"), load_size=12, skip_bad_images=True)
     assert len(b.skipped) == 4 and {s.split(": ")[0] for s in b.skipped} == bad
     assert len(b.train) + len(b.val) == 8

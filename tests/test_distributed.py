@@ -1,4 +1,4 @@
-"""Multi-process training through torchrun and DDP on the CPU (gloo): alexnet.distributed.
+"""Multi-process training through torchrun and DDP on the CPU (gloo): alexnet.training.distributed.
 
 The slow tests start real process groups: `python -m torch.distributed.run` (torchrun) or
 `alexnet train --nproc 2`, two processes of one thread each, a tiny AlexNet on the bundled
@@ -23,8 +23,8 @@ import torch
 from reliability_utils import Ran, run_main, torch_globals
 from torch import nn
 
-from alexnet import distributed as D
 from alexnet.errors import UserError
+from alexnet.training import distributed as D
 
 TINY = "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"
 LAUNCH_LIMIT_S = 150  # no launch in these tests may take longer (a hang fails, not waits)
@@ -106,7 +106,7 @@ def test_single_process_context_does_nothing(no_torchrun):
         assert ctx.device == torch.device("cpu") and ctx.backend is None
         t = torch.tensor([1.0, 2.0])
         assert ctx.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
-        assert ctx.all_reduce(t) is t  # the name alexnet.engine calls
+        assert ctx.all_reduce(t) is t  # the name alexnet.training.engine calls
         assert ctx.broadcast_object({"a": 1}) == {"a": 1}
         assert ctx.all_gather_object(3) == [3]
         ctx.barrier()
@@ -226,7 +226,7 @@ COLLECTIVES = textwrap.dedent(
     import json, sys
     import torch
     from torch import nn
-    from alexnet.distributed import session, state_digest
+    from alexnet.training.distributed import session, state_digest
 
     out = sys.argv[1]
     with session("cpu") as ctx:
@@ -400,17 +400,17 @@ WATCH_LOADERS = textwrap.dedent(
     # epoch, the sample indices each training loader yields; then runs `alexnet ...`.
     # Also counts the threads no Python code started (gloo's workers) before and after.
     import json, os, sys, threading
-    import alexnet.datasets
-    import alexnet.data
+    import alexnet.data.datasets
+    import alexnet.data.loading
 
     def native_threads():
         if not os.path.isdir("/proc/self/task"):  # Linux only: nothing to count elsewhere
             return 0
         return len(os.listdir("/proc/self/task")) - threading.active_count()
 
-    alexnet.datasets.IN_MEMORY_LIMIT = 0
+    alexnet.data.datasets.IN_MEMORY_LIMIT = 0
     seen = []
-    original = alexnet.data.BatchLoader.__iter__
+    original = alexnet.data.loading.BatchLoader.__iter__
 
     def watched(self):
         if self.shuffle:
@@ -419,7 +419,7 @@ WATCH_LOADERS = textwrap.dedent(
                          "indices": self.indices().tolist(), "n": len(self.split)})
         return original(self)
 
-    alexnet.data.BatchLoader.__iter__ = watched
+    alexnet.data.loading.BatchLoader.__iter__ = watched
     from alexnet.cli import main
 
     before = native_threads()

@@ -1,4 +1,4 @@
-"""The training step, evaluation, optimiser and learning-rate schedule (alexnet.engine)."""
+"""The training step, evaluation, optimiser and learning-rate schedule (alexnet.training.engine)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.augment import BatchTransform
-from alexnet.engine import (
+from alexnet.data.augment import BatchTransform
+from alexnet.errors import UserError
+from alexnet.models.zoo import get_model
+from alexnet.training.engine import (
     Diverged,
     LRSchedule,
     accuracy,
@@ -18,8 +20,6 @@ from alexnet.engine import (
     evaluate,
     train_one_epoch,
 )
-from alexnet.errors import UserError
-from alexnet.models import get_model
 
 CPU = torch.device("cpu")
 TINY = dict(widths=(8, 8, 16, 16, 16), hidden=32)

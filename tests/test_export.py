@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import export as export_mod
 from alexnet.cli import main
-from alexnet.export import ExportError, export_model
-from alexnet.models import get_model
-from alexnet.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.inference import export as export_mod
+from alexnet.inference.export import ExportError, export_model
+from alexnet.io.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.models.zoo import get_model
 
 TINY = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import alexnet
 from alexnet.cli import main
-from alexnet.config import ConfigError, describe, list_recipes, load_recipe, resolve
+from alexnet.training.config import ConfigError, describe, list_recipes, load_recipe, resolve
 
 TINY_MODEL = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 FAST = dict(
@@ -172,7 +172,7 @@ def test_the_default_recipe_uses_every_core_and_says_threads_rightly(tmp_path, c
 def test_a_run_killed_while_its_data_loads_can_be_resumed(tmp_path, cache, monkeypatch):
     import importlib
 
-    training = importlib.import_module("alexnet.train")  # the module, not the function
+    training = importlib.import_module("alexnet.training.run")  # the module, not the function
     folder = photos(tmp_path / "imgs", n=4)
     kw = dict(data=str(folder), run_dir=str(tmp_path / "runs"), name="run", **FAST)
     real = training._Job.__init__
@@ -228,7 +228,7 @@ def test_export_without_output_writes_next_to_the_model(small_run, capsys):
     assert main(["export", "--checkpoint", str(model_file), "--format", "safetensors"]) == 0
     written = model_file.with_name("model.export.safetensors")  # never over its source
     assert written.is_file() and f"wrote {written}" in capsys.readouterr().out
-    from alexnet.export import default_export_path
+    from alexnet.inference.export import default_export_path
 
     assert default_export_path(model_file, "onnx") == model_file.with_name("model.onnx")
     assert default_export_path(model_file, "onnx", int8=True).name == "model.int8.onnx"
@@ -251,11 +251,19 @@ def test_submodules_are_reachable_after_import_alexnet():
     code = (
         "import alexnet\n"
         "print(alexnet.predict.predict.__name__, alexnet.export.export_model.__name__,\n"
-        "      alexnet.viz.__name__, alexnet.bench.__name__, callable(alexnet.train))"
+        "      alexnet.viz.save_filters.__name__, alexnet.bench.bench_train.__name__,\n"
+        "      callable(alexnet.train), alexnet.config.list_recipes()[0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["predict", "export_model", "alexnet.viz", "alexnet.bench", "True"]
+    assert out.stdout.split() == [
+        "predict",
+        "export_model",
+        "save_filters",
+        "bench_train",
+        "True",
+        "cifar10-fast",
+    ]
 
 
 def test_summarize_prints_and_renders_as_a_table():

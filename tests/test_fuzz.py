@@ -17,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from alexnet.data.imagecache import read_image
 from alexnet.errors import UserError
-from alexnet.imagecache import read_image
-from alexnet.models import get_model
-from alexnet.predict import load_image
-from alexnet.weights import ModelMeta, load_model_file, load_weights, save_model_file
+from alexnet.inference.predict import load_image
+from alexnet.io.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from alexnet.io.weights import ModelMeta, load_model_file, load_weights, save_model_file
+from alexnet.models.zoo import get_model
 
 TINY = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 pytestmark = [

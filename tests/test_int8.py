@@ -14,9 +14,9 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.errors import WeightsError
-from alexnet.models import get_model
-from alexnet.onnxrun import OnnxModel
-from alexnet.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.inference.onnx_model import OnnxModel
+from alexnet.io.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.models.zoo import get_model
 
 pytest.importorskip("onnxruntime")
 

@@ -9,7 +9,8 @@ import torchvision
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.models import (
+from alexnet.models.summary import trace
+from alexnet.models.zoo import (
     AlexNet,
     InputTooSmallError,
     count_parameters,
@@ -19,7 +20,6 @@ from alexnet.models import (
     output_size,
     register_model,
 )
-from alexnet.summary import trace
 
 ALL = list_models()
 

@@ -12,8 +12,7 @@ from PIL import Image
 
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.models import get_model
-from alexnet.predict import (
+from alexnet.inference.predict import (
     BadInput,
     extract_features,
     load_for_inference,
@@ -21,7 +20,8 @@ from alexnet.predict import (
     normalize,
     predict,
 )
-from alexnet.weights import ModelMeta, save_model_file
+from alexnet.io.weights import ModelMeta, save_model_file
+from alexnet.models.zoo import get_model
 
 TINY = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 CLASSES = ["apple", "banana", "cherry"]
@@ -156,7 +156,7 @@ def _broken_folder(folder: Path) -> tuple[list[Path], dict[str, Path]]:
 def test_broken_files_are_named_and_the_rest_predicted(
     tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alexnet.imagecache as ic
+    import alexnet.data.imagecache as ic
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     decoded: list[int] = []  # pixel counts of every image that reached a decoder
@@ -269,7 +269,7 @@ def test_features_shape_order_and_labels(tmp_path: Path, model_file: Path) -> No
     assert fs.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert fs.features.shape == (6, 16, 8, 8)  # conv3 of alexnet_cifar at 32 px: (w3, 8, 8)
     # row i is image i: the same as running that image alone through the network
-    from alexnet.predict import run_to_layer
+    from alexnet.inference.predict import run_to_layer
 
     for i in (0, 4):
         x = normalize(load_image(expected[i], channels=3, image_size=32).unsqueeze(0), meta)
@@ -314,7 +314,7 @@ def test_features_cli_writes_npz(tmp_path: Path, model_file: Path, capsys) -> No
 
 
 def test_features_of_a_dataset_split(model_file: Path) -> None:
-    from alexnet.data import load_data
+    from alexnet.data.loading import load_data
 
     model, meta = load_for_inference(checkpoint=model_file)
     fs = extract_features(

@@ -17,12 +17,12 @@ from torch import nn
 
 import alexnet
 from alexnet import progress
-from alexnet.engine import accuracy, evaluate
 from alexnet.errors import UserError
-from alexnet.plots import _curve_figures
-from alexnet.train import evaluate as evaluate_model
-from alexnet.train import read_metrics
-from alexnet.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.io.weights import ModelMeta, load_model_file, save_model_file
+from alexnet.training.engine import accuracy, evaluate
+from alexnet.training.run import evaluate as evaluate_model
+from alexnet.training.run import read_metrics
+from alexnet.viz.plots import _curve_figures
 
 CPU = torch.device("cpu")
 
@@ -197,7 +197,7 @@ def test_run_summary_and_report_agree_with_the_confusion_matrix(tmp_path):
 
 
 def _digits_test_labels() -> list[int]:
-    from alexnet.data import load_data
+    from alexnet.data.loading import load_data
 
     return load_data("digits").test.labels.tolist()
 

@@ -38,15 +38,17 @@ from reliability_utils import (
 )
 
 import alexnet
-import alexnet.augment
-import alexnet.data
-from alexnet.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
+import alexnet.data.augment
+import alexnet.data.loading
 from alexnet.cli import main
 from alexnet.errors import DataError, UserError, WeightsError
-from alexnet.models import get_model
-from alexnet.train import read_metrics
+from alexnet.io.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
+from alexnet.models.zoo import get_model
+from alexnet.training.run import read_metrics
 
-train_mod = importlib.import_module("alexnet.train")  # the module (alexnet.train is a function)
+train_mod = importlib.import_module(
+    "alexnet.training.run"
+)  # the module (alexnet.training.run is a function)
 
 SRC = Path(alexnet.__file__).resolve().parent
 pytestmark = [
@@ -255,7 +257,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(
 
 
 def _tensor_cache_path(cache_dir: Path) -> tuple[object, dict]:
-    from alexnet.imagecache import TensorCache
+    from alexnet.data.imagecache import TensorCache
 
     cache = TensorCache(str(cache_dir))
     key = {"dataset": "x", "root": "r", "split": "train", "load_size": 8, "version": 1}
@@ -282,7 +284,9 @@ def test_malicious_pickle_never_runs_through_any_loader(
 ) -> None:
     """A pickle whose unpickling would create a marker file: every public loader refuses it
     with one clear line naming the file, and the marker never appears."""
-    from alexnet import predict, transfer, weights
+    from alexnet.inference import predict
+    from alexnet.io import weights
+    from alexnet.training import transfer
 
     marker = tmp_path / "pwned"
     evil = write_evil_checkpoint(tmp_path / "ck" / "last.pt", marker, legacy=legacy)
@@ -345,7 +349,7 @@ def test_malicious_cifar_pickle_never_runs(tmp_path: Path, monkeypatch, evil_fil
     marker = tmp_path / "pwned"
     root = _cifar_tree(tmp_path / "data", marker, evil_file)
     with pytest.raises(DataError) as e:
-        alexnet.data.load_data("cifar10", root=str(root), val_fraction=0)
+        alexnet.data.loading.load_data("cifar10", root=str(root), val_fraction=0)
     assert evil_file in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists()
 
@@ -393,7 +397,7 @@ class _Poison:
 
     def __init__(self, call: int, value: float):
         self.call, self.value, self.calls = call, value, 0
-        self.real = alexnet.augment.BatchTransform.__call__
+        self.real = alexnet.data.augment.BatchTransform.__call__
 
     def transform(self):
         """A stand-in for BatchTransform.__call__."""
@@ -415,7 +419,7 @@ def test_poisoned_batch_stops_within_one_step_and_keeps_the_last_good_checkpoint
 ) -> None:
     steps = 21  # 1293 digits / 64 per batch
     poison = _Poison(steps + 5, value)  # epoch 2, step 5
-    monkeypatch.setattr(alexnet.augment.BatchTransform, "__call__", poison.transform())
+    monkeypatch.setattr(alexnet.data.augment.BatchTransform, "__call__", poison.transform())
     with pytest.raises(UserError) as e:
         train_tiny(tmp_path / "runs", "poisoned")
     msg = str(e.value)
@@ -429,7 +433,7 @@ def test_poisoned_batch_stops_within_one_step_and_keeps_the_last_good_checkpoint
     assert not (run / "model.safetensors").exists()
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1]
     # the data fixed, the run continues from the good checkpoint
-    monkeypatch.setattr(alexnet.augment.BatchTransform, "__call__", poison.real)
+    monkeypatch.setattr(alexnet.data.augment.BatchTransform, "__call__", poison.real)
     result = alexnet.train(resume=run)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert all_finite(read_safetensors(run / "model.safetensors"))
@@ -555,7 +559,7 @@ def test_full_disk_anywhere_else_is_one_sentence(
     tmp_path: Path, finished_run: Path, monkeypatch, capsys
 ) -> None:
     """A disk error from any other writer (here the curves' PNGs) is one line too."""
-    import alexnet.plots as plots
+    import alexnet.viz.plots as plots
 
     run = copy_run(finished_run, tmp_path / "runs" / "fullplots")
 

@@ -31,7 +31,7 @@ from reliability_utils import (
     write_evil_checkpoint,
 )
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.io.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.slow,  # about 25 subprocesses of ~2 s each (importing torch), run 3 at a time

@@ -2,7 +2,7 @@
 
 Ten SIGKILLs at chosen and random moments of one training run (``alexnet train`` in its own
 process, forked from one that has done the imports); ``ALEXNET_TEST_SLOW_WRITE`` (read only
-by alexnet.atomic and alexnet.checkpoint) stretches every atomic write so that kills land
+by alexnet.atomic and alexnet.io.checkpoint) stretches every atomic write so that kills land
 inside checkpoint writes and between their renames. The run never killed that it must match
 is a plain ``python -m alexnet train``.
 """
@@ -32,8 +32,8 @@ from reliability_utils import (
     stop_forkserver,
 )
 
-from alexnet.checkpoint import load_checkpoint
-from alexnet.train import read_metrics
+from alexnet.io.checkpoint import load_checkpoint
+from alexnet.training.run import read_metrics
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.models import get_model
-from alexnet.report import write_report
+from alexnet.models.zoo import get_model
+from alexnet.viz.report import write_report
 
 TINY = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
 CLASSES = ["cat", "dog", "bird <&>"]  # a name that must be escaped

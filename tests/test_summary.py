@@ -12,7 +12,7 @@ import pytest
 
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.summary import explain, format_trace, summarize, trace
+from alexnet.models.summary import explain, format_trace, summarize, trace
 
 # Dive into Deep Learning's table for its AlexNet on a 1x1x224x224 input.
 D2L_TABLE = [

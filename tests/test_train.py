@@ -20,14 +20,16 @@ from PIL import Image
 from reliability_utils import run_main, torch_globals
 
 import alexnet
-from alexnet.checkpoint import load_checkpoint, state_is_finite
-from alexnet.config import ConfigError
-from alexnet.engine import Diverged
 from alexnet.errors import UserError
-from alexnet.train import METRIC_COLUMNS, read_metrics
-from alexnet.weights import load_model_file
+from alexnet.io.checkpoint import load_checkpoint, state_is_finite
+from alexnet.io.weights import load_model_file
+from alexnet.training.config import ConfigError
+from alexnet.training.engine import Diverged
+from alexnet.training.run import METRIC_COLUMNS, read_metrics
 
-train_module = importlib.import_module("alexnet.train")  # `alexnet.train` is the function
+train_module = importlib.import_module(
+    "alexnet.training.run"
+)  # `alexnet.training.run` is the function
 CLASSES = ("checks", "horizontal", "vertical")
 TINY = dict(
     dataset="imagefolder",

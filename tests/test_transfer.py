@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.augment import BatchTransform
-from alexnet.config import resolve_config
-from alexnet.engine import train_one_epoch
+from alexnet.data.augment import BatchTransform
 from alexnet.errors import WeightsError
-from alexnet.models import get_model
-from alexnet.transfer import apply_transfer, feature_modules, unfreeze
-from alexnet.weights import ModelMeta, save_model_file
+from alexnet.io.weights import ModelMeta, save_model_file
+from alexnet.models.zoo import get_model
+from alexnet.training.config import resolve_config
+from alexnet.training.engine import train_one_epoch
+from alexnet.training.transfer import apply_transfer, feature_modules, unfreeze
 
 TINY = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
 
@@ -148,7 +148,7 @@ def test_init_errors_are_sentences(source, tmp_path: Path) -> None:
 
 
 def test_init_from_imagenet_gives_a_new_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    import alexnet.weights as weights
+    import alexnet.io.weights as weights
 
     torch.manual_seed(0)
     imagenet = get_model("alexnet").state_dict()  # stands in for torchvision's file (offline)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import viz
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.models import get_model
-from alexnet.predict import load_image, normalize
-from alexnet.weights import ModelMeta, save_model_file
+from alexnet.inference.predict import load_image, normalize
+from alexnet.io.weights import ModelMeta, save_model_file
+from alexnet.models.zoo import get_model
+from alexnet.viz import figures as viz
 
 TINY = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
 
@@ -84,7 +84,7 @@ def test_viz_gradcam(model_file: Path, photo: Path, tmp_path: Path, monkeypatch)
 
 
 def test_gradcam_values(model_file: Path, photo: Path) -> None:
-    from alexnet.weights import load_model_file
+    from alexnet.io.weights import load_model_file
 
     model, meta = load_model_file(model_file)
     for p in model.parameters():

@@ -15,8 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from alexnet.errors import WeightsError
-from alexnet.models import get_model
-from alexnet.weights import (
+from alexnet.io.weights import (
     MODEL_FILE_FORMAT,
     ModelMeta,
     imagenet_meta,
@@ -25,6 +24,7 @@ from alexnet.weights import (
     load_weights,
     save_model_file,
 )
+from alexnet.models.zoo import get_model
 
 IMAGENET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
 TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}

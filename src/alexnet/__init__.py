@@ -1,8 +1,14 @@
 """alexnet: the AlexNet toolkit for PyTorch."""
 
-from .models import count_parameters, get_model, list_models, model_info
-from .summary import explain, summarize, trace
-from .weights import ModelMeta, imagenet_meta, load_model_file, load_weights, save_model_file
+from alexnet.io.weights import (
+    ModelMeta,
+    imagenet_meta,
+    load_model_file,
+    load_weights,
+    save_model_file,
+)
+from alexnet.models.summary import explain, summarize, trace
+from alexnet.models.zoo import count_parameters, get_model, list_models, model_info
 
 __version__ = "0.1.0"
 
@@ -19,23 +25,34 @@ __all__ += [
     "save_model_file",
 ]
 
-# Training and evaluation (``alexnet.train`` is the function; the module is alexnet.train too,
-# reachable as ``importlib.import_module("alexnet.train")``).
-from .config import TrainConfig, resolve_config  # noqa: E402
-from .train import evaluate, train  # noqa: E402
+# Training and evaluation (``alexnet.training.run`` is the function; the module is alexnet.training.run too,
+# reachable as ``importlib.import_module("alexnet.training.run")``).
+from alexnet.training.config import TrainConfig, resolve_config  # noqa: E402
+from alexnet.training.run import evaluate, train  # noqa: E402
 
 __all__ += ["train", "evaluate", "TrainConfig", "resolve_config"]
 
-# Submodules a notebook reaches after ``import alexnet`` (``alexnet.predict.predict(...)``),
-# imported on first use: some of them pull in matplotlib, onnx or the benchmarks.
-_SUBMODULES = ("predict", "export", "viz", "bench", "transfer", "data", "plots", "report")
+# Modules a notebook reaches after ``import alexnet`` by their short names
+# (``alexnet.predict.predict(...)``), imported on first use: some pull in matplotlib or onnx.
+_SUBMODULES = {
+    "predict": "alexnet.inference.predict",
+    "export": "alexnet.inference.export",
+    "viz": "alexnet.viz",
+    "bench": "alexnet.bench",
+    "config": "alexnet.training.config",
+    "transfer": "alexnet.training.transfer",
+    "distributed": "alexnet.training.distributed",
+    "data": "alexnet.data",
+    "plots": "alexnet.viz.plots",
+    "report": "alexnet.viz.report",
+}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
 
 

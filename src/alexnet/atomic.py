@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UserError, WeightsError
+from alexnet.errors import UserError, WeightsError
 
 __all__ = ["SLOW_WRITE_ENV", "fsync_dir", "replacing", "write_atomic"]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .errors import UserError
+from alexnet.errors import UserError
 
 __all__ = [
     "pick_device",

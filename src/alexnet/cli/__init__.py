@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-from ..errors import UserError
+from alexnet.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from .. import __version__
+    from alexnet import __version__
 
     return f"alexnet {__version__}"
 

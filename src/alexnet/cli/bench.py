@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import UserError
+from alexnet.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench import DEFAULT_INFERENCE_COMPILE
+    from alexnet.bench.benchmarks import DEFAULT_INFERENCE_COMPILE
 
     bench = subparsers.add_parser(
         "bench",
@@ -125,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
-    from .train import _set_value
+    from alexnet.cli.train import _set_value
 
     p = sub.add_parser(
         "time-to-accuracy",
@@ -164,7 +164,7 @@ def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
-    from ..bench import bench_time_to_accuracy, format_time_to_accuracy
+    from alexnet.bench.benchmarks import bench_time_to_accuracy, format_time_to_accuracy
 
     _check_positive(epochs=args.epochs)
     if not 0 < args.target <= 100:
@@ -212,7 +212,7 @@ def _check_positive(**values: int | None) -> None:
 
 
 def cmd_inference(args: argparse.Namespace) -> int:
-    from ..bench import bench_inference, format_inference_table, int8_available
+    from alexnet.bench.benchmarks import bench_inference, format_inference_table, int8_available
 
     _check_positive(
         batch_size=args.batch_size,
@@ -248,7 +248,7 @@ def cmd_inference(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..bench import bench_train, format_train_table
+    from alexnet.bench.benchmarks import bench_train, format_train_table
 
     _check_positive(
         batch_size=args.batch_size,

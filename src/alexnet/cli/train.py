@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
+from alexnet.training.config import ConfigError
 
 S = argparse.SUPPRESS
 
@@ -122,20 +122,20 @@ def _add_train(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train import train
+    from alexnet.training.run import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     launcher = {
         k: given.pop(k) for k in ("nproc", "nnodes", "node_rank", "rdzv_endpoint") if k in given
     }
     if _wants_launch(launcher):
-        from ..distributed import launch
+        from alexnet.training.distributed import launch
 
         raw = sys.argv[1:]
         if "train" not in raw:  # called as main([...]) from Python: sys.argv is not the command
             raise ConfigError(
                 "--nproc works from the command line; in Python call "
-                "alexnet.distributed.launch(nproc, ['train', ...])"
+                "alexnet.training.distributed.launch(nproc, ['train', ...])"
             )
         return launch(
             launcher.get("nproc", 1),
@@ -160,7 +160,7 @@ def _wants_launch(launcher: dict[str, Any]) -> bool:
     not itself started by ``--nproc`` (its workers may still see the flags)."""
     import os
 
-    from ..distributed import ENV_LAUNCHER
+    from alexnet.training.distributed import ENV_LAUNCHER
 
     if not launcher or os.environ.get(ENV_LAUNCHER):
         return False
@@ -204,7 +204,7 @@ def _add_eval(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..train import evaluate
+    from alexnet.training.run import evaluate
 
     output = args.output
     if output is None:
@@ -265,7 +265,7 @@ def _add_recipes(sub) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from ..config import list_recipes, load_recipe
+    from alexnet.training.config import list_recipes, load_recipe
 
     for name in list_recipes():
         data = load_recipe(name)

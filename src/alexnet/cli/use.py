@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from ..text import plural
+from alexnet.errors import UserError
+from alexnet.text import plural
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "logits"]
 
@@ -37,8 +37,8 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
-    from ..predict import load_for_inference
-    from ..runtime import pick_device
+    from alexnet.inference.predict import load_for_inference
+    from alexnet.runtime import pick_device
 
     if not onnx_ok and str(args.checkpoint or args.weights or "").endswith(".onnx"):
         raise UserError(
@@ -207,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..predict import BadInput, expand_inputs, iter_predict
+    from alexnet.inference.predict import BadInput, expand_inputs, iter_predict
 
     paths, missing = expand_inputs(args.inputs)  # before loading: a typo fails fast
     for bad in missing:
@@ -240,7 +240,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ..predict import extract_features, save_features
+    from alexnet.inference.predict import extract_features, save_features
 
     if Path(args.source).is_dir():  # a folder of images: the dataset flags do not apply
         for flag, value in (("--data", args.data), ("--split", args.split)):
@@ -283,7 +283,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import calibration_images, default_export_path, export_model
+    from alexnet.inference.export import calibration_images, default_export_path, export_model
 
     if args.calibration and not args.int8:
         raise UserError("--calibration is for --int8 exports; add --int8 or leave it out")
@@ -346,7 +346,7 @@ def _stem(args: argparse.Namespace) -> str:
 
 
 def _image(args: argparse.Namespace, meta):
-    from ..predict import BadInput, load_image
+    from alexnet.inference.predict import BadInput, load_image
 
     try:
         return load_image(args.image, channels=meta.in_channels, image_size=meta.image_size)
@@ -355,7 +355,7 @@ def _image(args: argparse.Namespace, meta):
 
 
 def cmd_viz_filters(args: argparse.Namespace) -> int:
-    from ..viz import save_filters
+    from alexnet.viz.figures import save_filters
 
     model, _ = _load(args, onnx_ok=False)
     out = save_filters(model, args.output or f"{_stem(args)}-conv1-filters.png")
@@ -364,7 +364,7 @@ def cmd_viz_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_activations(args: argparse.Namespace) -> int:
-    from ..viz import save_activations
+    from alexnet.viz.figures import save_activations
 
     model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
@@ -374,7 +374,7 @@ def cmd_viz_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_gradcam(args: argparse.Namespace) -> int:
-    from ..viz import save_gradcam
+    from alexnet.viz.figures import save_gradcam
 
     model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
@@ -385,7 +385,7 @@ def cmd_viz_gradcam(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ..viz import plot_run
+    from alexnet.viz.figures import plot_run
 
     for path in plot_run(args.run_dir, args.output):
         print(f"wrote {path}")

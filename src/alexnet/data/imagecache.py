@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from alexnet.errors import DataError
 
 try:  # a declared dependency; without it (a platform with no wheel) Pillow decodes JPEGs too
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the installation
     simplejpeg = None
 
-log = logging.getLogger("alexnet.data")
+log = logging.getLogger("alexnet.data.loading")
 
 CACHE_FORMAT_VERSION = 1
 IMAGE_EXTENSIONS = (
@@ -401,7 +401,7 @@ class TensorCache:
 
     def save(self, key: dict, entry: dict) -> Path | None:
         """Write atomically (:mod:`alexnet.atomic`); drop stale versions."""
-        from .atomic import replacing
+        from alexnet.atomic import replacing
 
         path, prefix = self._path(key)
         try:

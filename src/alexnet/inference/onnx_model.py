@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import WeightsError
-from .weights import ModelMeta
+from alexnet.errors import WeightsError
+from alexnet.io.weights import ModelMeta
 
 __all__ = ["OnnxModel", "load_onnx_model", "onnx_session", "ONNX_META_KEY", "ONNX_PRECISION_KEY"]
 

@@ -1,9 +1,9 @@
 """A trained AlexNet on new images: class predictions and layer embeddings.
 
-Images are decoded the way training decodes them (:mod:`alexnet.imagecache`: any Pillow
+Images are decoded the way training decodes them (:mod:`alexnet.data.imagecache`: any Pillow
 mode becomes grey or RGB, alpha over white, 16-bit scaled, images over Pillow's pixel limit
 refused from the header) and framed exactly as evaluation frames a stored image
-(:class:`alexnet.augment.BatchTransform`): the centre square, resized to ``image_size / 0.875``
+(:class:`alexnet.data.augment.BatchTransform`): the centre square, resized to ``image_size / 0.875``
 when bigger (up to ``image_size`` when smaller), the centre ``image_size`` crop, and the mean
 and std stored with the weights (:class:`ModelMeta`). A file that cannot be used is reported
 by path and the others carry on.
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import ranked
-from .errors import DataError, UserError, WeightsError
-from .imagecache import IMAGE_EXTENSIONS
-from .weights import ModelMeta
+from alexnet.data.imagecache import IMAGE_EXTENSIONS
+from alexnet.errors import DataError, UserError, WeightsError
+from alexnet.io.weights import ModelMeta
+from alexnet.training.engine import ranked
 
 __all__ = [
     "BadInput",
@@ -67,14 +67,14 @@ def load_for_inference(
     preprocessing (e.g. torchvision's ``alexnet-owt-7be5be79.pth``); a file that carries our
     metadata is read as a checkpoint. ``pretrained``: torchvision's ImageNet weights.
     """
-    from .weights import imagenet_meta, load_model_file, load_weights
+    from alexnet.io.weights import imagenet_meta, load_model_file, load_weights
 
     given = sum(x is not None and x is not False for x in (checkpoint, weights, pretrained))
     if given != 1:
         raise UserError("give exactly one of --checkpoint FILE, --weights FILE or --pretrained")
     if checkpoint is not None:
         return load_model_file(checkpoint, device=device)
-    from .models import get_model
+    from alexnet.models.zoo import get_model
 
     if weights is not None:
         if _has_model_metadata(weights):  # a model.safetensors given as --weights: fine too
@@ -98,8 +98,8 @@ def load_for_inference(
 
 
 def _has_model_metadata(path: str | os.PathLike) -> bool:
-    """True for a ``.safetensors`` file written by :func:`alexnet.weights.save_model_file`."""
-    from .weights import MODEL_FILE_FORMAT
+    """True for a ``.safetensors`` file written by :func:`alexnet.io.weights.save_model_file`."""
+    from alexnet.io.weights import MODEL_FILE_FORMAT
 
     if Path(path).suffix != ".safetensors" or not Path(path).is_file():
         return False
@@ -171,7 +171,7 @@ def eval_resize(side: int, image_size: int) -> int:
     """The side the centre square is resized to before the centre crop: evaluation's rule
     (224 -> 256 as torchvision evaluates ImageNet; a square already between ``image_size``
     and ``image_size / 0.875`` is only cropped; a smaller one is enlarged to ``image_size``)."""
-    from .augment import EVAL_CROP_FRACTION
+    from alexnet.data.augment import EVAL_CROP_FRACTION
 
     if side < image_size:
         return image_size
@@ -187,7 +187,7 @@ def load_image(path: str | os.PathLike, *, channels: int, image_size: int) -> to
     """
     from PIL import Image
 
-    from .imagecache import BadImage, decode_image_bytes, square_resize, to_channels
+    from alexnet.data.imagecache import BadImage, decode_image_bytes, square_resize, to_channels
 
     name = os.fspath(path)
     try:
@@ -214,7 +214,7 @@ def load_image(path: str | os.PathLike, *, channels: int, image_size: int) -> to
 def normalize(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
     """uint8 (B, C, S, S) -> float (B, meta.in_channels, image_size, image_size): evaluation's
     framing (a no-op for :func:`load_image` output) and the mean and std of the weights."""
-    from .augment import BatchTransform
+    from alexnet.data.augment import BatchTransform
 
     c = x.shape[1]
     mean = meta.mean if len(meta.mean) in (1, c, meta.in_channels) else [0.0]
@@ -463,12 +463,12 @@ def extract_features(
     """Activations of ``layer`` for every image of a folder or a dataset split.
 
     ``source`` is a folder (labels from class subfolders when it has them, else -1; order:
-    class by class, files sorted) or a dataset name from :func:`alexnet.data.list_datasets`
+    class by class, files sorted) or a dataset name from :func:`alexnet.data.loading.list_datasets`
     (``split`` train/val/test, ``data_root`` its folder; order: the split's). ``pool="avg"``
     averages conv maps over space: (N, C) instead of (N, C, H, W). Bad files are skipped
     and listed in ``failures``.
     """
-    from .progress import bar as progress_bar
+    from alexnet.progress import bar as progress_bar
 
     if pool not in ("none", "avg"):
         raise UserError(f"unknown pooling {pool!r}; use none or avg")
@@ -511,7 +511,7 @@ def extract_features(
             bar.close()
         paths_out, labels_out = keep_paths, np.asarray(keep_labels, dtype=np.int64)
     else:
-        from .data import BatchLoader, list_datasets, load_data
+        from alexnet.data.loading import BatchLoader, list_datasets, load_data
 
         name = str(source)
         if name not in list_datasets():
@@ -551,7 +551,7 @@ def save_features(fs: FeatureSet, path: str | os.PathLike) -> Path:
 
     Strings are stored as unicode arrays, so ``np.load(path)`` needs no pickle.
     """
-    from .checkpoint import write_atomic
+    from alexnet.io.checkpoint import write_atomic
 
     buf = io.BytesIO()
     np.savez(

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import imagecache as ic
-from .atomic import replacing
-from .errors import DataError
+from alexnet.atomic import replacing
+from alexnet.data import imagecache as ic
+from alexnet.errors import DataError
 
-log = logging.getLogger("alexnet.data")
+log = logging.getLogger("alexnet.data.loading")
 
 # A split is decoded into memory when N * C * S * S bytes stays under this.
 IN_MEMORY_LIMIT = 8 * 2**30
@@ -113,7 +113,7 @@ class Source:
     in_channels: int
     load_size: int
     root: str | None = None
-    # what the dataset uses, so that a flag it would ignore is refused (alexnet.config)
+    # what the dataset uses, so that a flag it would ignore is refused (alexnet.training.config)
     takes_root = True  # --data
     downloads = True  # --download
     reads_image_files = False  # --skip-bad-images

@@ -8,7 +8,7 @@ onnxruntime's recommended form for x86. On CPUs with AVX512-VNNI or AVX-VNNI a u
 dot product instruction does twice the multiply-adds of a bf16 one, which is where the
 speed comes from (``alexnet bench inference`` measures it against float32).
 
-The price is accuracy: :func:`alexnet.export.export_model` checks the quantized model's
+The price is accuracy: :func:`alexnet.inference.export.export_model` checks the quantized model's
 top-1 agreement with the float model on the calibration images, and ``alexnet eval
 model.int8.onnx`` measures its accuracy on the test split.
 """

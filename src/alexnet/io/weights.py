@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import WeightsError
+from alexnet.errors import WeightsError
 
 __all__ = [
     "MODEL_FILE_FORMAT",
@@ -398,7 +398,7 @@ def save_model_file(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path
     metadata = {"format": MODEL_FILE_FORMAT, "meta": json.dumps(meta.to_dict())}
     metadata[DIGEST_KEY] = _content_digest(state, metadata)
     data = st_save(state, metadata=metadata)
-    from .atomic import write_atomic
+    from alexnet.atomic import write_atomic
 
     return write_atomic(path, data)
 
@@ -410,16 +410,16 @@ def load_model_file(
 
     ``path`` is a ``model.safetensors`` written by :func:`save_model_file`, a checkpoint
     ``.pt`` (a dict with ``"model"`` and ``"meta"``) or an ``.onnx`` file written by
-    ``alexnet export`` (run by onnxruntime on the CPU: :mod:`alexnet.onnxrun`). The model
+    ``alexnet export`` (run by onnxruntime on the CPU: :mod:`alexnet.inference.onnx_model`). The model
     gets ``class_names``.
     """
-    from .models import get_model
+    from alexnet.models.zoo import get_model
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"model file {path} does not exist")
     if path.suffix == ".onnx":
-        from .onnxrun import load_onnx_model
+        from alexnet.inference.onnx_model import load_onnx_model
 
         return load_onnx_model(path)
     if path.suffix == ".safetensors":

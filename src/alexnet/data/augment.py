@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from alexnet.training.config import ConfigError
 
 __all__ = ["Op", "parse_ops", "BatchTransform", "ten_crop", "OP_FORMS"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from alexnet.errors import UserError
 
 __all__ = [
     "TrainConfig",
@@ -234,7 +234,7 @@ DATASET_BOUND = ("train_split", "val_split")
 
 def list_recipes() -> list[str]:
     """Names of the bundled recipes (``src/alexnet/recipes/*.yaml``)."""
-    folder = resources.files("alexnet") / "recipes"
+    folder = resources.files("alexnet.training") / "recipes"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -256,7 +256,7 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
 def load_recipe(name: str) -> dict[str, Any]:
     """A recipe's raw YAML mapping, including its ``published`` block (not a config key)."""
     name = canonical_recipe(name)
-    path = resources.files("alexnet") / "recipes" / f"{name}.yaml"
+    path = resources.files("alexnet.training") / "recipes" / f"{name}.yaml"
     if not path.is_file():
         close = difflib.get_close_matches(name, list_recipes(), n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -317,7 +317,7 @@ def resolve(
     _refuse_unused_flags(values, flags)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
-        from .models import model_info
+        from alexnet.models.zoo import model_info
 
         values["lr"] = model_info(model).default_lr
         sources["lr"] = "model"
@@ -353,7 +353,7 @@ def _leaves_default_dataset(flags: dict[str, Any]) -> bool:
 
 
 def _dataset_source(name: str):
-    from .datasets import REGISTRY
+    from alexnet.data.datasets import REGISTRY
 
     return REGISTRY.get(name)
 
@@ -468,7 +468,7 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
             value = " ".join(map(str, value)) or "none"
         where = sources.get(key, "default")
         if key == "image_size" and value is None:
-            from .models import model_info
+            from alexnet.models.zoo import model_info
 
             value = f"{model_info(cfg.model).native_input_size} (the model's native size)"
         if where == "model":  # a default of the chosen variant

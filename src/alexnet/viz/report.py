@@ -210,8 +210,8 @@ def render_report(
     evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
-    from .plots import plot_confusion, plot_curves
-    from .viz import figure_png, filters_figure
+    from alexnet.viz.figures import figure_png, filters_figure
+    from alexnet.viz.plots import plot_confusion, plot_curves
 
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
         curve_paths = plot_curves(list(history), tmp)
@@ -281,7 +281,7 @@ def write_report(
     ("test" or "validation"), ``top1``, ``top5``, ``loss``, ``num_images``, ``weights``
     (e.g. "best (epoch 3)"); top-1 defaults to the confusion matrix's trace over its sum.
     """
-    from .atomic import write_atomic
+    from alexnet.atomic import write_atomic
 
     run_dir = Path(run_dir)
     text = render_report(

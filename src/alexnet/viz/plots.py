@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic
+from alexnet.atomic import write_atomic
 
 __all__ = ["plot_curves", "plot_confusion"]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from alexnet.errors import UserError
 
 __all__ = [
     "AlexNet",
@@ -524,7 +524,7 @@ def get_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Module:
     the variant's own; other keywords go to its builder (e.g. ``grouped=False``).
 
     ``weights`` names pretrained weights (``"IMAGENET1K_V1"`` for ``alexnet``) or a file
-    path; see :mod:`alexnet.weights`.
+    path; see :mod:`alexnet.io.weights`.
     """
     info = model_info(name)
     kwargs.setdefault("num_classes", info.default_num_classes)
@@ -534,7 +534,7 @@ def get_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Module:
     except TypeError as e:  # an option this variant does not take
         raise UserError(f"model {name!r} does not take that option: {e}") from None
     if weights is not None:
-        from .weights import apply_named_weights
+        from alexnet.io.weights import apply_named_weights
 
         apply_named_weights(model, name, weights)
     return model

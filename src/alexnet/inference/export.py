@@ -2,13 +2,13 @@
 
 Each export is written to a temporary file next to the target, loaded back the way a user
 would load it (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript,
-:func:`alexnet.weights.load_model_file` for safetensors) and run on sample batches of two
+:func:`alexnet.io.weights.load_model_file` for safetensors) and run on sample batches of two
 sizes (the batch axis is dynamic). Only when every output matches PyTorch's within the
 tolerance does the file take its final name; otherwise nothing is written and
 :class:`ExportError` says by how much the outputs differ.
 
 ``int8=True`` (ONNX only) quantizes the exported graph with calibration images
-(:mod:`alexnet.quantize`). An int8 model cannot match float32 to 1e-4, so its check is
+(:mod:`alexnet.inference.quantize`). An int8 model cannot match float32 to 1e-4, so its check is
 different: the right output shape at every checked batch size, and top-1 agreement with the
 float model on the calibration images of at least ``min_agreement``.
 """
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import replacing
-from .errors import UserError
-from .weights import ModelMeta
+from alexnet.atomic import replacing
+from alexnet.errors import UserError
+from alexnet.io.weights import ModelMeta
 
 __all__ = [
     "FORMATS",
@@ -156,7 +156,7 @@ def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
     """What a user needs to feed the model (classes, size, mean, std), inside the file."""
     import onnx
 
-    from .onnxrun import ONNX_META_KEY, ONNX_PRECISION_KEY
+    from alexnet.inference.onnx_model import ONNX_META_KEY, ONNX_PRECISION_KEY
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
@@ -170,7 +170,7 @@ def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
 
 
 def _onnx_runner(path: Path) -> Callable:
-    from .onnxrun import onnx_session
+    from alexnet.inference.onnx_model import onnx_session
 
     session = onnx_session(path)
     name = session.get_inputs()[0].name
@@ -187,7 +187,7 @@ def _export_onnx(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
 def _export_onnx_int8(
     model: nn.Module, meta: ModelMeta, tmp: Path, calibration: torch.Tensor, method: str
 ) -> Callable:
-    from .quantize import quantize_int8
+    from alexnet.inference.quantize import quantize_int8
 
     _require_onnx()
     float_tmp = tmp.with_name(f"{tmp.stem}.float{tmp.suffix}")
@@ -234,7 +234,7 @@ def _export_torchscript(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callabl
 
 
 def _export_safetensors(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
-    from .weights import load_model_file, save_model_file
+    from alexnet.io.weights import load_model_file, save_model_file
 
     save_model_file(tmp, model, meta)
     loaded, _ = load_model_file(tmp)
@@ -380,7 +380,7 @@ def calibration_images(
     A random (seeded) choice when there are more, so that a folder sorted by class still
     gives every class a say. Returns float32 (N, C, S, S); unreadable files are skipped.
     """
-    from .predict import BadInput, expand_inputs, load_image, normalize
+    from alexnet.inference.predict import BadInput, expand_inputs, load_image, normalize
 
     paths, _missing = expand_inputs(inputs)
     if len(paths) > limit:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .weights import ModelMeta
+from alexnet.errors import UserError
+from alexnet.io.weights import ModelMeta
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,7 +64,7 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    from .atomic import write_atomic
+    from alexnet.atomic import write_atomic
 
     return write_atomic(Path(path), figure_png(fig))
 
@@ -148,9 +148,9 @@ def activations_figure(
     ``max_maps`` feature maps on one shared colour scale (so dead maps look dark), FC layers
     as their units laid out in a square.
 
-    ``image`` is a preprocessed uint8 (C, S, S) crop (see :func:`alexnet.predict.load_image`).
+    ``image`` is a preprocessed uint8 (C, S, S) crop (see :func:`alexnet.inference.predict.load_image`).
     """
-    from .predict import normalize, run_to_layer
+    from alexnet.inference.predict import normalize, run_to_layer
 
     model.eval()
     device = next(model.parameters()).device
@@ -258,7 +258,7 @@ def gradcam_figure(
     layer: str = "conv5",
 ) -> Figure:
     """Three panels: the input crop, the Grad-CAM heat map, and the map over the image."""
-    from .predict import class_labels, normalize
+    from alexnet.inference.predict import class_labels, normalize
 
     device = next(model.parameters()).device
     x = normalize(image.unsqueeze(0).to(device), meta)
@@ -304,10 +304,10 @@ def save_gradcam(
 
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Loss and accuracy curves of a run from its ``metrics.csv`` (see
-    :func:`alexnet.plots.plot_curves`), written to ``out_dir`` (default ``run_dir/plots``)."""
-    from .errors import DataError
-    from .plots import plot_curves
-    from .train import read_metrics
+    :func:`alexnet.viz.plots.plot_curves`), written to ``out_dir`` (default ``run_dir/plots``)."""
+    from alexnet.errors import DataError
+    from alexnet.training.run import read_metrics
+    from alexnet.viz.plots import plot_curves
 
     run_dir = Path(run_dir)
     csv = run_dir / "metrics.csv"

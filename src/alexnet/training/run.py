@@ -8,7 +8,7 @@
 
 ``train(recipe=..., **overrides)`` is what ``alexnet train`` calls; ``evaluate(checkpoint,
 ...)`` is what ``alexnet eval`` calls. Accuracies are percentages. Rank 0 of a distributed
-group writes every file; a single process is :class:`alexnet.engine.SingleProcess`.
+group writes every file; a single process is :class:`alexnet.training.engine.SingleProcess`.
 
 Guarantees (tested in tests/test_train.py):
 - a checkpoint is written only from finite weights, atomically, after the epoch's metrics;
@@ -16,7 +16,7 @@ Guarantees (tested in tests/test_train.py):
 - Ctrl-C stops after the current step and saves where it stopped (mid-epoch included);
   ``--resume`` continues from there and, with ``--deterministic`` on one CPU, ends with the
   same weights, optimiser state and metrics as a run that was never stopped;
-- a NaN or Inf loss stops training with a :class:`alexnet.engine.Diverged` error and nothing
+- a NaN or Inf loss stops training with a :class:`alexnet.training.engine.Diverged` error and nothing
   is written after it.
 """
 
@@ -43,7 +43,8 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import (
+from alexnet.errors import UserError, WeightsError
+from alexnet.io.checkpoint import (
     capture_rng,
     has_checkpoint,
     load_checkpoint,
@@ -53,7 +54,16 @@ from .checkpoint import (
     state_is_finite,
     write_atomic,
 )
-from .config import (
+from alexnet.models.zoo import model_info
+from alexnet.runtime import (
+    pick_device,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+    set_threads,
+)
+from alexnet.text import plural
+from alexnet.training.config import (
     ConfigError,
     ResolvedConfig,
     TrainConfig,
@@ -62,13 +72,9 @@ from .config import (
     describe,
     resolve,
 )
-from .distributed import fault_point, session, state_digest
-from .engine import SINGLE, Diverged, LRSchedule, build_optimizer, train_one_epoch
-from .engine import evaluate as evaluate_loop
-from .errors import UserError, WeightsError
-from .models import model_info
-from .runtime import pick_device, resolve_precision, seed_everything, set_deterministic, set_threads
-from .text import plural
+from alexnet.training.distributed import fault_point, session, state_digest
+from alexnet.training.engine import SINGLE, Diverged, LRSchedule, build_optimizer, train_one_epoch
+from alexnet.training.engine import evaluate as evaluate_loop
 
 __all__ = ["RunResult", "train", "run", "evaluate", "METRIC_COLUMNS", "read_metrics"]
 
@@ -261,7 +267,7 @@ def _build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Mod
     ``xavier``: Xavier-uniform conv and linear weights, biases as built (d2l's train_ch6).
     ``paper``: alexnet_paper's own init; N(0, 0.01) weights and zero biases elsewhere.
     """
-    from .models import get_model
+    from alexnet.models.zoo import get_model
 
     kwargs = dict(cfg.model_kwargs)
     if kwargs.get("num_classes", num_classes) != num_classes:
@@ -304,9 +310,9 @@ class _Job:
     loaders, model, optimiser, schedule, loss. Nothing here touches the run folder."""
 
     def __init__(self, cfg: TrainConfig, dist: Any):
-        from .augment import BatchTransform
-        from .data import BatchLoader, load_data
-        from .weights import ModelMeta
+        from alexnet.data.augment import BatchTransform
+        from alexnet.data.loading import BatchLoader, load_data
+        from alexnet.io.weights import ModelMeta
 
         info = model_info(cfg.model)
         self.image_size = cfg.image_size or info.native_input_size
@@ -410,7 +416,7 @@ class _Job:
         # -- transfer learning (init weights, frozen features), optimiser, schedule, loss
         groups = None
         if cfg.init_from is not None or cfg.freeze is not None:
-            from .transfer import apply_transfer
+            from alexnet.training.transfer import apply_transfer
 
             groups = apply_transfer(self.model, cfg)
         self.optimizer = build_optimizer(
@@ -467,7 +473,7 @@ class _Job:
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Model, optimiser, schedule and scaler from a checkpoint (not the RNG)."""
-        from .weights import _check_and_load
+        from alexnet.io.weights import _check_and_load
 
         _check_and_load(self.model, state["model"], source)  # names a layer that does not fit
         self.optimizer.load_state_dict(state["optimizer"])
@@ -643,7 +649,7 @@ class _RunFolder:
             save_checkpoint(self.paths["best"], state)
         last = row["epoch"] == self.cfg.epochs
         if self.cfg.plots and (time.perf_counter() - self._last_plot > PLOT_EVERY_S or last):
-            from .plots import plot_curves
+            from alexnet.viz.plots import plot_curves
 
             plot_curves(self.history, self.path / "plots")
             self._last_plot = time.perf_counter()
@@ -754,7 +760,7 @@ def run(
 ) -> RunResult:
     """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``.
 
-    Under torchrun the process joins the group (:func:`alexnet.distributed.session`) and
+    Under torchrun the process joins the group (:func:`alexnet.training.distributed.session`) and
     trains its shard with DDP; rank 0 writes the run folder.
     """
     if dist is SINGLE:  # not given: torchrun's group when launched by it, else one process
@@ -827,8 +833,8 @@ def run(
         return KeyboardInterrupt(f"stopped; resume with --resume {folder.path}")
 
     # -- the loop
-    from .progress import bar as progress_bar
-    from .progress import epoch_line, terminal_width
+    from alexnet.progress import bar as progress_bar
+    from alexnet.progress import epoch_line, terminal_width
 
     train_time, train_images = 0.0, 0
     progress = cfg.progress and dist.is_main
@@ -838,7 +844,7 @@ def run(
                 job.train_loader.set_epoch(epoch)  # the epoch's order: same on every resume
                 fault_point(dist, epoch)  # test hook: ALEXNET_FAULT_RANK (tests only)
                 if cfg.unfreeze_after is not None and epoch > cfg.unfreeze_after:
-                    from .transfer import is_frozen, unfreeze
+                    from alexnet.training.transfer import is_frozen, unfreeze
 
                     if is_frozen(model):
                         unfreeze(model)
@@ -944,7 +950,7 @@ def run(
 
 def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) -> RunResult:
     """Evaluate the best weights on the test split and write the run's final files."""
-    from .weights import _check_and_load, save_model_file
+    from alexnet.io.weights import _check_and_load, save_model_file
 
     cfg, paths, bundle = job.cfg, folder.paths, job.data
     used = "final"
@@ -974,7 +980,7 @@ def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) ->
         save_model_file(paths["model"], job.model, job.meta)  # copies the weights to the CPU
         split_name = "test" if has_test else "validation"
         if cfg.plots:
-            from .plots import plot_confusion
+            from alexnet.viz.plots import plot_confusion
 
             title = f"{split_name}, {used} weights"
             plot_confusion(res["confusion"], job.classes, paths["confusion_plot"], title=title)
@@ -1011,12 +1017,12 @@ def _finish(job: _Job, folder: _RunFolder, t_start, train_time, train_images) ->
 
 
 def _write_report(job: _Job, folder: _RunFolder, split, confusion: torch.Tensor) -> None:
-    """``report.html`` through :mod:`alexnet.report` (skipped when that module is absent)."""
+    """``report.html`` through :mod:`alexnet.viz.report` (skipped when that module is absent)."""
     try:
-        from .report import write_report
+        from alexnet.viz.report import write_report
     except ImportError:
         return
-    from .runtime import autocast
+    from alexnet.runtime import autocast
 
     samples, labels = _sample_images(split, 32)
     job.model.eval()
@@ -1155,7 +1161,7 @@ def _provenance(cfg: TrainConfig, job: _Job, argv: list[str] | None) -> dict[str
     import numpy
     import torchvision
 
-    from . import __version__
+    from alexnet import __version__
 
     bundle = job.data
     return {
@@ -1224,11 +1230,11 @@ def evaluate(
     run validated on. ``output`` writes the confusion matrix as a PNG. Accuracies are
     percentages; top-1, per-class and the confusion matrix come from one prediction per image.
     """
-    from .augment import BatchTransform
-    from .data import BatchLoader, load_data
-    from .plots import plot_confusion
-    from .progress import bar as progress_bar
-    from .weights import load_model_file
+    from alexnet.data.augment import BatchTransform
+    from alexnet.data.loading import BatchLoader, load_data
+    from alexnet.io.weights import load_model_file
+    from alexnet.progress import bar as progress_bar
+    from alexnet.viz.plots import plot_confusion
 
     if split not in ("val", "test"):
         raise UserError(f"--split must be val or test, got {split!r}")

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .runtime import resolve_precision
+from alexnet.runtime import resolve_precision
 
 __all__ = ["InferenceFn", "prepare_for_inference", "fold_batchnorm", "precision_name"]
 

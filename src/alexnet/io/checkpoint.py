@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import fsync_dir, slow_write_delay, write_atomic
-from .errors import WeightsError
-from .weights import _unpickler_reason, runs_code
+from alexnet.atomic import fsync_dir, slow_write_delay, write_atomic
+from alexnet.errors import WeightsError
+from alexnet.io.weights import _unpickler_reason, runs_code
 
 __all__ = [
     "FORMAT_VERSION",

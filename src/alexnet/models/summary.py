@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models import count_parameters, get_model, model_info
+from alexnet.errors import UserError
+from alexnet.models.zoo import count_parameters, get_model, model_info
 
 __all__ = ["TraceRow", "explain", "format_trace", "summarize", "trace", "trace_rows"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from .config import TrainConfig
-from .errors import WeightsError
+from alexnet.errors import WeightsError
+from alexnet.training.config import TrainConfig
 
 __all__ = [
     "apply_transfer",
@@ -55,7 +55,7 @@ def load_init_weights(model: nn.Module, init_from: str) -> nn.Module:
     A shape mismatch anywhere else (another variant, other input channels) is a
     :class:`WeightsError` naming the first layer that does not fit.
     """
-    from .weights import apply_named_weights, load_weights
+    from alexnet.io.weights import apply_named_weights, load_weights
 
     if init_from.lower() in ("imagenet", "imagenet1k_v1", "default"):
         variant = getattr(model, "variant", "")
@@ -150,7 +150,7 @@ def apply_transfer(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     dataset's ``num_classes``, keeps its new head). ``cfg.freeze == "features"`` freezes the
     convolutional part. The groups (``name`` backbone / head, each split into weights with
     ``cfg.weight_decay`` and 1-D parameters without, like
-    :func:`alexnet.engine.build_optimizer`) carry ``lr = cfg.lr * lr_scale`` and
+    :func:`alexnet.training.engine.build_optimizer`) carry ``lr = cfg.lr * lr_scale`` and
     ``lr_scale``: ``cfg.backbone_lr_scale`` for pretrained layers, 1 for the head (and for
     everything when nothing is loaded). Empty groups are left out.
     """

@@ -2,7 +2,7 @@
 
 Everything here is a function of tensors and modules that returns plain metric dicts: no
 files, no flags, no printing beyond an optional progress bar handed in by the caller
-(:mod:`alexnet.train` owns the run folder). Accuracies are percentages (0-100).
+(:mod:`alexnet.training.run` owns the run folder). Accuracies are percentages (0-100).
 
 Host syncs are kept out of the step: loss and correct counts accumulate as device tensors and
 are read back only for the progress bar (every ``log_every`` steps) and at the end.
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .runtime import autocast
+from alexnet.errors import UserError
+from alexnet.runtime import autocast
 
 __all__ = [
     "Diverged",
@@ -452,7 +452,7 @@ def evaluate(
             p = _probs(model, x, device, amp_dtype, channels_last)
             p = (p + _probs(model, x.flip(-1), device, amp_dtype, channels_last)) / 2
         elif tta == "ten-crop":
-            from .augment import ten_crop
+            from alexnet.data.augment import ten_crop
 
             crops = ten_crop(x, crop_size or x.shape[-1])  # (10, B, C, s, s)
             p = sum(_probs(model, c, device, amp_dtype, channels_last) for c in crops) / 10

@@ -5,15 +5,15 @@ baseline, ours, baseline, ...) after an untimed warm-up, and report the median i
 each and their ratio. Single timings on a shared or throttled machine swing a lot; the ratio
 of two medians from one interleaved run is the figure that means something.
 
-- :func:`bench_inference`: our fast inference path (:func:`alexnet.infer.prepare_for_inference`:
+- :func:`bench_inference`: our fast inference path (:func:`alexnet.inference.fast_path.prepare_for_inference`:
   channels_last, bf16 weights where the CPU has native bf16, optionally ``torch.compile``
   with freezing) against torchvision's eager float32 AlexNet.
 - :func:`bench_time_to_accuracy`: one run of a recipe (``cifar10-fast``) from a cold cache:
   wall time, accuracy, and when the target accuracy was first reached.
 - :func:`bench_train`: end-to-end training on an image folder (decode + augment + step):
-  our path (uint8 cache decoded once, :class:`alexnet.data.BatchLoader`, batched
-  augmentation with :class:`alexnet.augment.BatchTransform`, channels_last + bf16,
-  :func:`alexnet.engine.train_one_epoch`) against the tutorials' loop (per-sample PIL
+  our path (uint8 cache decoded once, :class:`alexnet.data.loading.BatchLoader`, batched
+  augmentation with :class:`alexnet.data.augment.BatchTransform`, channels_last + bf16,
+  :func:`alexnet.training.engine.train_one_epoch`) against the tutorials' loop (per-sample PIL
   transforms in a 2-worker DataLoader, float32 eager torchvision AlexNet, SGD).
 
 Every result is a flat dict (one JSON object per line with ``--json``); the ``format_*``
@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .runtime import pick_device, set_threads
+from alexnet.errors import UserError
+from alexnet.runtime import pick_device, set_threads
 
 __all__ = [
     "DEFAULT_INFERENCE_COMPILE",
@@ -71,7 +71,7 @@ SEED_AUGMENT = (
     "ToTensor",
     "Normalize(ImageNet)",
 )
-# The same augmentation as batched ops on the device (alexnet.augment).
+# The same augmentation as batched ops on the device (alexnet.data.augment).
 OUR_AUGMENT = ("rotate:30", "random_resized_crop", "hflip", "vflip")
 
 
@@ -207,8 +207,8 @@ def bench_inference(
     """
     import torchvision
 
-    from .infer import prepare_for_inference
-    from .models import get_model, model_info
+    from alexnet.inference.fast_path import prepare_for_inference
+    from alexnet.models.zoo import get_model, model_info
 
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise UserError("--batch-size and --iters must be at least 1, --warmup at least 0")
@@ -361,9 +361,9 @@ def _int8_runner(
     Exactly what a user gets from ``alexnet export --int8`` and ``alexnet predict`` with
     the .onnx file; calibrated on 64 random images, which is enough to time it.
     """
-    from .export import export_model
-    from .onnxrun import OnnxModel
-    from .weights import ModelMeta
+    from alexnet.inference.export import export_model
+    from alexnet.inference.onnx_model import OnnxModel
+    from alexnet.io.weights import ModelMeta
 
     with torch.no_grad():
         num_classes = int(model(x[:1]).shape[1])
@@ -495,7 +495,7 @@ def bench_train(
 
     Ours: decode the folder once into a uint8 cache at ``load_size`` (timed separately as
     ``decode_s``; ``cache_dir`` None uses a fresh temporary folder so the decode is really
-    measured), then steps of :func:`alexnet.engine.train_one_epoch` with batched
+    measured), then steps of :func:`alexnet.training.engine.train_one_epoch` with batched
     augmentation (:data:`OUR_AUGMENT`) on the device, channels_last and ``precision``.
     Baseline: torchvision ``ImageFolder`` with :data:`SEED_AUGMENT` per sample in a
     DataLoader with ``workers`` processes, float32 eager torchvision AlexNet, SGD (lr 0.002,
@@ -511,11 +511,11 @@ def bench_train(
     import torchvision
     from torchvision import datasets
 
-    from .augment import BatchTransform
-    from .data import BatchLoader, load_data
-    from .engine import build_optimizer, train_one_epoch
-    from .models import get_model
-    from .runtime import resolve_precision
+    from alexnet.data.augment import BatchTransform
+    from alexnet.data.loading import BatchLoader, load_data
+    from alexnet.models.zoo import get_model
+    from alexnet.runtime import resolve_precision
+    from alexnet.training.engine import build_optimizer, train_one_epoch
 
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1")
@@ -766,7 +766,7 @@ def bench_time_to_accuracy(
     """
     import resource
 
-    from .train import train
+    from alexnet.training.run import train
 
     cold = cache_dir is None
     with contextlib.ExitStack() as stack:

@@ -5,7 +5,7 @@ images (in memory for sets that fit, streamed through a DataLoader otherwise), c
 channels, stored size and normalisation statistics. :class:`BatchLoader` yields
 ``(uint8 (B, C, S, S), int64 (B,))`` batches on the device, in an order fixed by
 ``(seed, epoch)`` and sharded by rank. Augmentation happens afterwards, a batch at a time,
-in :mod:`alexnet.augment`.
+in :mod:`alexnet.data.augment`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import datasets as ds
-from .errors import DataError
-from .imagecache import TensorCache, read_image, to_channels
+from alexnet.data import datasets as ds
+from alexnet.data.imagecache import TensorCache, read_image, to_channels
+from alexnet.errors import DataError
 
 __all__ = [
     "Split",
@@ -33,7 +33,7 @@ __all__ = [
     "default_data_root",
 ]
 
-log = logging.getLogger("alexnet.data")
+log = logging.getLogger("alexnet.data.loading")
 default_data_root = ds.default_data_root
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from alexnet.errors import UserError
 
 __all__ = [
     "DistContext",
@@ -91,7 +91,7 @@ class DistContext:
 
     Rank 0 is the main process (it prints and writes files). With ``world_size`` 1 every
     collective returns its input unchanged, so single-process code needs no branches.
-    ``all_reduce`` is the name :mod:`alexnet.engine` expects for a summing reduction.
+    ``all_reduce`` is the name :mod:`alexnet.training.engine` expects for a summing reduction.
     """
 
     def __init__(
@@ -292,7 +292,7 @@ def setup(device: str = "auto", *, timeout: float | None = None) -> DistContext:
     torchrun's variables, or with ``WORLD_SIZE=1``, the result is a single process on
     :func:`alexnet.runtime.pick_device` ``(device)``.
     """
-    from .runtime import pick_device
+    from alexnet.runtime import pick_device
 
     if not launched_by_torchrun() or _env_int("WORLD_SIZE") <= 1:
         return DistContext(device=pick_device(device))

@@ -1,0 +1,1 @@
+"""Prediction, features, the fast path, export, int8, ONNX models."""

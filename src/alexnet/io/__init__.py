@@ -1,0 +1,1 @@
+"""Files: safe loading, model files, checkpoints, metrics.csv, pretrained weights."""

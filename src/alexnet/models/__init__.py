@@ -1,0 +1,1 @@
+"""The AlexNet variants, their registry, weight initialisation, and the layer table."""

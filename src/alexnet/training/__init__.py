@@ -1,0 +1,1 @@
+"""Config and recipes, the training engine, the run and its folder, DDP."""

@@ -340,7 +340,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 def metric_rows(run_dir: Path) -> list[dict]:
     """metrics.csv without the clock's columns."""
-    from alexnet.training.run import read_metrics
+    from alexnet.io.metrics_csv import read_metrics
 
     return [{k: r[k] for k in EXACT_COLUMNS} for r in read_metrics(run_dir / "metrics.csv")]
 

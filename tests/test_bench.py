@@ -188,7 +188,7 @@ def test_bench_train_without_train_folder_is_a_user_error(tmp_path, capsys):
 
 def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit(tmp_path, capsys):
     """The same command on a tiny folder: the figures agree with the run's own metrics."""
-    from alexnet.training.run import read_metrics
+    from alexnet.io.metrics_csv import read_metrics
 
     root = _image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
     argv = ["bench", "time-to-accuracy", "--data", str(root), "--recipe", "cifar10-fast"]

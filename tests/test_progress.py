@@ -18,10 +18,10 @@ from torch import nn
 import alexnet
 from alexnet import progress
 from alexnet.errors import UserError
+from alexnet.io.metrics_csv import read_metrics
 from alexnet.io.weights import ModelMeta, load_model_file, save_model_file
 from alexnet.training.engine import accuracy, evaluate
 from alexnet.training.run import evaluate as evaluate_model
-from alexnet.training.run import read_metrics
 from alexnet.viz.plots import _curve_figures
 
 CPU = torch.device("cpu")

@@ -43,8 +43,8 @@ import alexnet.data.loading
 from alexnet.cli import main
 from alexnet.errors import DataError, UserError, WeightsError
 from alexnet.io.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
+from alexnet.io.metrics_csv import read_metrics
 from alexnet.models.zoo import get_model
-from alexnet.training.run import read_metrics
 
 train_mod = importlib.import_module(
     "alexnet.training.run"

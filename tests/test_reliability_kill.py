@@ -33,7 +33,7 @@ from reliability_utils import (
 )
 
 from alexnet.io.checkpoint import load_checkpoint
-from alexnet.training.run import read_metrics
+from alexnet.io.metrics_csv import read_metrics
 
 
 @pytest.mark.slow

@@ -22,10 +22,10 @@ from reliability_utils import run_main, torch_globals
 import alexnet
 from alexnet.errors import UserError
 from alexnet.io.checkpoint import load_checkpoint, state_is_finite
+from alexnet.io.metrics_csv import METRIC_COLUMNS, read_metrics
 from alexnet.io.weights import load_model_file
 from alexnet.training.config import ConfigError
 from alexnet.training.engine import Diverged
-from alexnet.training.run import METRIC_COLUMNS, read_metrics
 
 train_module = importlib.import_module(
     "alexnet.training.run"

@@ -9,8 +9,7 @@ from alexnet.io.weights import (
 )
 from alexnet.models.summary import explain, summarize, trace
 from alexnet.models.zoo import count_parameters, get_model, list_models, model_info
-
-__version__ = "0.1.0"
+from alexnet.version import __version__
 
 __all__ = ["get_model", "list_models", "model_info", "__version__"]
 __all__ += [

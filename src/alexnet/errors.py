@@ -11,6 +11,10 @@ class UserError(Exception):
     """
 
 
+class ConfigError(UserError, ValueError):
+    """A config key or value a user gave is wrong; the message names it."""
+
+
 class DataError(UserError):
     """A dataset or image that is missing, empty or malformed."""
 

@@ -15,6 +15,7 @@ import sys
 from typing import NoReturn
 
 from alexnet.errors import UserError
+from alexnet.version import __version__
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from alexnet import __version__
 
     return f"alexnet {__version__}"
 

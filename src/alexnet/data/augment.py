@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alexnet.training.config import ConfigError
+from alexnet.errors import ConfigError
 
 __all__ = ["Op", "parse_ops", "BatchTransform", "ten_crop", "OP_FORMS"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from alexnet.errors import UserError
+from alexnet.errors import ConfigError
 
 __all__ = [
     "TrainConfig",
@@ -29,10 +29,6 @@ __all__ = [
     "resolve",
     "resolve_config",
 ]
-
-
-class ConfigError(UserError, ValueError):
-    """A config key or value a user gave is wrong; the message names it."""
 
 
 @dataclass

@@ -22,9 +22,7 @@ Guarantees (tested in tests/test_train.py):
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import math
 import platform
@@ -54,6 +52,7 @@ from alexnet.io.checkpoint import (
     state_is_finite,
     write_atomic,
 )
+from alexnet.io.metrics_csv import METRIC_COLUMNS, read_metrics, write_metrics
 from alexnet.models.zoo import model_info
 from alexnet.runtime import (
     pick_device,
@@ -75,21 +74,10 @@ from alexnet.training.config import (
 from alexnet.training.distributed import fault_point, session, state_digest
 from alexnet.training.engine import SINGLE, Diverged, LRSchedule, build_optimizer, train_one_epoch
 from alexnet.training.engine import evaluate as evaluate_loop
+from alexnet.version import __version__
 
 __all__ = ["RunResult", "train", "run", "evaluate", "METRIC_COLUMNS", "read_metrics"]
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "lr",
-    "epoch_time",
-    "images_per_s",
-    "elapsed",  # seconds from the start of this process's run to the end of the epoch
-]
 
 # Settings that say where and how fast to run, not what to compute: a resumed run may change them.
 RESUME_MAY_CHANGE = {
@@ -584,7 +572,7 @@ class _RunFolder:
             "global_batch_size": self.cfg.batch_size * dist.world_size,
         }
         _write_json(self.paths["provenance"], self.provenance)
-        _write_metrics(self.paths["metrics"], self.history)
+        write_metrics(self.paths["metrics"], self.history)
         if self.cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -629,7 +617,7 @@ class _RunFolder:
             self.best_top1, self.best_epoch = row["val_top1"], row["epoch"]
         if not self.writes:
             return
-        _write_metrics(self.paths["metrics"], self.history)
+        write_metrics(self.paths["metrics"], self.history)
         if self.tb is not None:
             for key, tag in (
                 ("train_loss", "loss/train"),
@@ -1091,32 +1079,6 @@ def _write_json(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v)  # full precision: a resumed run's rows compare exactly
-    return str(v)
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRIC_COLUMNS)
-    for row in history:
-        w.writerow([_fmt(row.get(c)) for c in METRIC_COLUMNS])
-    write_atomic(path, buf.getvalue().encode())
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.csv`` as dicts of numbers (empty cells -> None)."""
-    with open(path, newline="") as f:
-        return [
-            {k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in r.items()}
-            for r in csv.DictReader(f)
-        ]
-
-
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "float32"
 
@@ -1160,8 +1122,6 @@ def _device_name(device: torch.device) -> str:
 def _provenance(cfg: TrainConfig, job: _Job, argv: list[str] | None) -> dict[str, Any]:
     import numpy
     import torchvision
-
-    from alexnet import __version__
 
     bundle = job.data
     return {

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import UserError
+from alexnet.io.metrics_csv import read_metrics
 from alexnet.io.weights import ModelMeta
 
 if TYPE_CHECKING:
@@ -306,7 +307,6 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     """Loss and accuracy curves of a run from its ``metrics.csv`` (see
     :func:`alexnet.viz.plots.plot_curves`), written to ``out_dir`` (default ``run_dir/plots``)."""
     from alexnet.errors import DataError
-    from alexnet.training.run import read_metrics
     from alexnet.viz.plots import plot_curves
 
     run_dir = Path(run_dir)

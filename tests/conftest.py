@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.models.zoo import get_model
+from alexnet.models.registry import get_model
 
 # Small enough that a training step takes milliseconds (see COMMON.md).
 TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}

@@ -248,7 +248,7 @@ def run_main(*args: str | os.PathLike, capsys) -> Ran:
 # imports it), matplotlib (the report).
 TRAIN_IMPORTS = [
     "alexnet.cli",
-    "alexnet.training.run",
+    "alexnet.training.api",
     "alexnet.viz.report",
     "sklearn.datasets",
     "torch._inductor.config",

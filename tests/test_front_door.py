@@ -172,21 +172,21 @@ def test_the_default_recipe_uses_every_core_and_says_threads_rightly(tmp_path, c
 def test_a_run_killed_while_its_data_loads_can_be_resumed(tmp_path, cache, monkeypatch):
     import importlib
 
-    training = importlib.import_module("alexnet.training.run")  # the module, not the function
+    training = importlib.import_module("alexnet.training.setup")
     folder = photos(tmp_path / "imgs", n=4)
     kw = dict(data=str(folder), run_dir=str(tmp_path / "runs"), name="run", **FAST)
-    real = training._Job.__init__
+    real = training.TrainingSetup.__init__
 
     def killed(self, *a, **k):  # the process dies before any epoch
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training._Job, "__init__", killed)
+    monkeypatch.setattr(training.TrainingSetup, "__init__", killed)
     with pytest.raises(KeyboardInterrupt):
         alexnet.train(model_kwargs=TINY_MODEL, **kw)
     run = tmp_path / "runs" / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["name"] == "run" and saved["data"] == str(folder)
-    monkeypatch.setattr(training._Job, "__init__", real)
+    monkeypatch.setattr(training.TrainingSetup, "__init__", real)
     result = alexnet.train(resume=run)
     assert [r["epoch"] for r in result.history] == [1]
 

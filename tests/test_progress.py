@@ -18,10 +18,12 @@ from torch import nn
 import alexnet
 from alexnet import progress
 from alexnet.errors import UserError
+from alexnet.inference.evaluate import evaluate_model_file as evaluate_model
+from alexnet.inference.loading import load_model_file
 from alexnet.io.metrics_csv import read_metrics
-from alexnet.io.weights import ModelMeta, load_model_file, save_model_file
-from alexnet.training.engine import accuracy, evaluate
-from alexnet.training.run import evaluate as evaluate_model
+from alexnet.io.model_file import ModelMeta, save_model_file
+from alexnet.training.engine import accuracy
+from alexnet.training.engine import evaluate_loader as evaluate
 from alexnet.viz.plots import _curve_figures
 
 CPU = torch.device("cpu")

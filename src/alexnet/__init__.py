@@ -1,14 +1,11 @@
 """alexnet: the AlexNet toolkit for PyTorch."""
 
-from alexnet.io.weights import (
-    ModelMeta,
-    imagenet_meta,
-    load_model_file,
-    load_weights,
-    save_model_file,
-)
+from alexnet.inference.loading import load_model_file
+from alexnet.io.model_file import ModelMeta, save_model_file
+from alexnet.models.loading import load_weights
+from alexnet.models.pretrained import imagenet_meta
+from alexnet.models.registry import count_parameters, get_model, list_models, model_info
 from alexnet.models.summary import explain, summarize, trace
-from alexnet.models.zoo import count_parameters, get_model, list_models, model_info
 from alexnet.version import __version__
 
 __all__ = ["get_model", "list_models", "model_info", "__version__"]
@@ -24,12 +21,15 @@ __all__ += [
     "save_model_file",
 ]
 
-# Training and evaluation (``alexnet.training.run`` is the function; the module is alexnet.training.run too,
-# reachable as ``importlib.import_module("alexnet.training.run")``).
+# Training and evaluating a saved model (``alexnet.evaluate`` is the name the README gives
+# evaluate_model_file; no module of the package is called ``train`` or ``evaluate``).
+from alexnet.inference.evaluate import evaluate_model_file  # noqa: E402
+from alexnet.training.api import train  # noqa: E402
 from alexnet.training.config import TrainConfig, resolve_config  # noqa: E402
-from alexnet.training.run import evaluate, train  # noqa: E402
 
-__all__ += ["train", "evaluate", "TrainConfig", "resolve_config"]
+evaluate = evaluate_model_file
+
+__all__ += ["train", "evaluate", "evaluate_model_file", "TrainConfig", "resolve_config"]
 
 # Modules a notebook reaches after ``import alexnet`` by their short names
 # (``alexnet.predict.predict(...)``), imported on first use: some pull in matplotlib or onnx.

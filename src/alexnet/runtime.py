@@ -1,9 +1,11 @@
-"""Where and how fast to run: device choice, precision, threads, seeds, determinism."""
+"""Where and how fast to run: device choice, precision and its names, threads, seeds,
+determinism, the name of the machine."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from collections.abc import Iterator
 
@@ -13,14 +15,22 @@ import torch
 from alexnet.errors import UserError
 
 __all__ = [
+    "PRECISIONS",
     "pick_device",
     "resolve_precision",
+    "precision_name",
     "autocast",
+    "cpu_name",
+    "device_name",
     "cpu_supports_bf16",
     "seed_everything",
     "set_threads",
     "set_deterministic",
 ]
+
+
+# What --precision (and TrainConfig.precision) may say; see resolve_precision.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -81,6 +91,42 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+# The one spelling of a compute dtype, the --precision flag's: provenance.json, the start
+# line of a run, the bench JSON and an inference path's repr all say fp32, bf16 or fp16.
+_PRECISION_NAMES = {
+    None: "fp32",
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+}
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for an autocast dtype (None = plain float32)."""
+    return _PRECISION_NAMES[dtype]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is: the GPU's name, the CPU's model name, else its type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return cpu_name()
+    return device.type
 
 
 @contextlib.contextmanager

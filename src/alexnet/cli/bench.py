@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet.cli.options import (
+    add_device,
+    add_json,
+    add_precision,
+    add_set,
+    check_positive,
+    json_object,
+)
 from alexnet.errors import UserError
 
 
@@ -12,17 +20,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="alexnet", help="variant for our side (default: alexnet)")
     p.add_argument(
         "--model-kwargs",
-        type=_json_dict,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="extra builder arguments for our model, e.g. '{\"widths\": [8, 8, 16, 16, 16]}'",
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="our side's precision; auto = bf16 where the CPU has native bf16 (default: auto)",
+    add_precision(
+        p, help="our side's precision; auto = bf16 where the CPU has native bf16 (default: auto)"
     )
     p.add_argument(
         "--channels-last",
@@ -30,17 +35,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=True,
         help="channels_last memory format on our side (default: on)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    add_device(p, default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     p.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: one per core)"
     )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON object per line instead of a table"
-    )
+    add_json(p, help="print one JSON object per line instead of a table")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from alexnet.bench.benchmarks import DEFAULT_INFERENCE_COMPILE
+    from alexnet.bench.inference import DEFAULT_INFERENCE_COMPILE
 
     bench = subparsers.add_parser(
         "bench",
@@ -125,8 +128,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
-    from alexnet.cli.train import _set_value
-
     p = sub.add_parser(
         "time-to-accuracy",
         help="one recipe run from a cold cache: wall time, accuracy, when the target was hit",
@@ -151,22 +152,15 @@ def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--run-dir", default=None, help="parent folder of the run folder (default: runs)"
     )
-    p.add_argument(
-        "--set",
-        dest="set_",
-        metavar="KEY=VALUE",
-        action="append",
-        type=_set_value,
-        help="any other TrainConfig key, as for alexnet train",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_set(p, help="any other TrainConfig key, as for alexnet train")
+    add_json(p)
     p.set_defaults(func=cmd_time_to_accuracy)
 
 
 def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
-    from alexnet.bench.benchmarks import bench_time_to_accuracy, format_time_to_accuracy
+    from alexnet.bench.time_to_accuracy import bench_time_to_accuracy, format_time_to_accuracy
 
-    _check_positive(epochs=args.epochs)
+    check_positive(epochs=args.epochs)
     if not 0 < args.target <= 100:
         raise UserError(f"--target is a top-1 percentage in (0, 100], got {args.target}")
     overrides = dict(args.set_ or [])
@@ -192,29 +186,10 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object like '{\"hidden\": 32}'")
-    if "widths" in value and isinstance(value["widths"], list):
-        value["widths"] = tuple(value["widths"])
-    return value
-
-
-def _check_positive(**values: int | None) -> None:
-    for name, v in values.items():
-        if v is not None and v < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be at least 1, got {v}")
-
-
 def cmd_inference(args: argparse.Namespace) -> int:
-    from alexnet.bench.benchmarks import bench_inference, format_inference_table, int8_available
+    from alexnet.bench.inference import bench_inference, format_inference_table, int8_available
 
-    _check_positive(
+    check_positive(
         batch_size=args.batch_size,
         rounds=args.rounds,
         iters=args.iters,
@@ -248,9 +223,9 @@ def cmd_inference(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from alexnet.bench.benchmarks import bench_train, format_train_table
+    from alexnet.bench.training import bench_train, format_train_table
 
-    _check_positive(
+    check_positive(
         batch_size=args.batch_size,
         rounds=args.rounds,
         steps=args.steps,

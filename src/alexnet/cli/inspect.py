@@ -9,7 +9,7 @@ import json
 import torch
 
 from alexnet.errors import UserError
-from alexnet.models.zoo import count_parameters, list_models, model_info
+from alexnet.models.registry import count_parameters, list_models, model_info
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,8 +108,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from alexnet.models.registry import get_model
     from alexnet.models.summary import explain, format_trace, summarize
-    from alexnet.models.zoo import get_model
 
     info = model_info(args.variant)  # unknown names fail here, with close matches
     if args.num_classes is not None and args.num_classes < 1:

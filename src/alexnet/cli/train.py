@@ -13,29 +13,10 @@ import sys
 import textwrap
 from typing import Any
 
-import yaml
-
-from alexnet.training.config import ConfigError
+from alexnet.cli.options import add_device, add_json, add_precision, add_set
+from alexnet.training.config import OPTIMIZERS, SCHEDULERS, TTA_MODES, ConfigError
 
 S = argparse.SUPPRESS
-
-
-def _set_value(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as YAML (numbers like 1e-4 read as floats)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip().replace("-", "_")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):
-        try:
-            value = float(value)  # YAML 1.1 reads "1e-4" as a string
-        except ValueError:
-            pass
-    return key, value
 
 
 def _add_train(sub) -> None:
@@ -67,17 +48,17 @@ def _add_train(sub) -> None:
         help="per process: the global batch is this x processes (printed at the start)",
     )
     g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"])
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS))
     g.add_argument("--momentum", type=float)
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction)
-    g.add_argument("--scheduler", choices=["none", "step", "plateau", "cosine", "onecycle"])
+    g.add_argument("--scheduler", choices=list(SCHEDULERS))
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--weight-decay", type=float, help="not applied to biases and norm layers")
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--tta", choices=["none", "flip", "ten-crop"], help="test-time augmentation")
+    g.add_argument("--tta", choices=list(TTA_MODES), help="test-time augmentation")
     g = p.add_argument_group("where and how fast")
-    g.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    add_device(g, default=None, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    add_precision(g, default=None)
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int)
@@ -110,19 +91,14 @@ def _add_train(sub) -> None:
     g.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     g.add_argument("--name", help="run folder name (default: <recipe>-<dataset>-<time>)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    g.add_argument(
-        "--set",
-        dest="set_",
-        metavar="KEY=VALUE",
-        action="append",
-        type=_set_value,
-        help="any other TrainConfig key, VALUE in YAML (e.g. --set model_kwargs='{hidden: 64}')",
+    add_set(
+        g, help="any other TrainConfig key, VALUE in YAML (e.g. --set model_kwargs='{hidden: 64}')"
     )
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from alexnet.training.run import train
+    from alexnet.training.api import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     launcher = {
@@ -189,14 +165,14 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder without --dataset)")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none")
+    p.add_argument("--tta", choices=list(TTA_MODES), default="none")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--download", action="store_true")
     p.add_argument("--output", metavar="PNG", help="confusion matrix image (default: printed path)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
@@ -204,7 +180,7 @@ def _add_eval(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from alexnet.training.run import evaluate
+    from alexnet.inference.evaluate import evaluate_model_file as evaluate
 
     output = args.output
     if output is None:

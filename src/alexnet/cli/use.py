@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from alexnet.cli.options import add_device
 from alexnet.errors import UserError
+from alexnet.models.layers import LAYER_NAMES
 from alexnet.text import plural
-
-LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "logits"]
 
 
 def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -33,7 +33,7 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         help="torchvision's ImageNet AlexNet (from the torch hub cache or a download)",
     )
     g.add_argument("--model", default="alexnet", help="variant of --weights (default alexnet)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device(p)
 
 
 def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
@@ -55,7 +55,14 @@ def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    # ---- predict
+    _add_predict(subparsers)
+    _add_features(subparsers)
+    _add_export(subparsers)
+    _add_viz(subparsers)
+    _add_plot(subparsers)
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="class names and probabilities for images",
@@ -71,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_predict)
 
-    # ---- features
+
+def _add_features(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "features",
         help="embeddings of a layer for a folder or dataset, saved as .npz",
@@ -81,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", metavar="DIR_OR_DATASET")
     _add_source(p)
-    p.add_argument("--layer", required=True, choices=LAYERS)
+    p.add_argument("--layer", required=True, choices=LAYER_NAMES)
     p.add_argument("--output", required=True, metavar="FILE.npz")
     p.add_argument(
         "--split",
@@ -99,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_features)
 
-    # ---- export
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="ONNX, TorchScript or safetensors, checked against PyTorch",
@@ -151,13 +160,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_export)
 
-    # ---- viz
+
+def _add_viz(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "viz",
         help="pictures: conv1 filters, activations, Grad-CAM",
         description="PNG pictures of what the network learned.",
     )
     vsub = p.add_subparsers(dest="viz_command", metavar="KIND", required=True)
+    _add_viz_filters(vsub)
+    _add_viz_activations(vsub)
+    _add_viz_gradcam(vsub)
+
+
+def _add_viz_filters(vsub: argparse._SubParsersAction) -> None:
     v = vsub.add_parser("filters", help="conv1's kernels as a colour grid (the paper's Fig. 3)")
     _add_source(v)
     v.add_argument(
@@ -167,12 +183,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "else the file's name (alexnet-imagenet for --pretrained)",
     )
     v.set_defaults(func=cmd_viz_filters)
+
+
+def _add_viz_activations(vsub: argparse._SubParsersAction) -> None:
     v = vsub.add_parser("activations", help="the feature maps of a layer for one image")
     v.add_argument("image", metavar="IMAGE")
     _add_source(v)
-    v.add_argument("--layer", required=True, choices=LAYERS)
+    v.add_argument("--layer", required=True, choices=LAYER_NAMES)
     v.add_argument("--output", metavar="FILE.png", help="default: <image>-<layer>.png")
     v.set_defaults(func=cmd_viz_activations)
+
+
+def _add_viz_gradcam(vsub: argparse._SubParsersAction) -> None:
     v = vsub.add_parser("gradcam", help="Grad-CAM heat map of a class over one image")
     v.add_argument("image", metavar="IMAGE")
     _add_source(v)
@@ -186,13 +208,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--layer",
         default="conv5",
-        choices=LAYERS[:5],
+        choices=LAYER_NAMES[:5],
         help="convolution to explain (default conv5)",
     )
     v.add_argument("--output", metavar="FILE.png", help="default: <image>-gradcam.png")
     v.set_defaults(func=cmd_viz_gradcam)
 
-    # ---- plot
+
+def _add_plot(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plot",
         help="loss and accuracy curves of a run from its metrics.csv",
@@ -207,7 +230,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from alexnet.inference.predict import BadInput, expand_inputs, iter_predict
+    from alexnet.data.preprocess import BadInput
+    from alexnet.inference.predict import expand_inputs, iter_predict
 
     paths, missing = expand_inputs(args.inputs)  # before loading: a typo fails fast
     for bad in missing:
@@ -346,7 +370,7 @@ def _stem(args: argparse.Namespace) -> str:
 
 
 def _image(args: argparse.Namespace, meta):
-    from alexnet.inference.predict import BadInput, load_image
+    from alexnet.data.preprocess import BadInput, load_image
 
     try:
         return load_image(args.image, channels=meta.in_channels, image_size=meta.image_size)

@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from alexnet.atomic import replacing
-from alexnet.data import imagecache as ic
+from alexnet.data.cache import CACHE_FORMAT_VERSION, TensorCache, cached, fingerprint
+from alexnet.data.decode import IMAGE_EXTENSIONS, decode_files, probe_channels, square_resize
+from alexnet.data.files import ImageFileDataset, TensorImageDataset
 from alexnet.errors import DataError
 
 log = logging.getLogger("alexnet.data.loading")
@@ -43,7 +45,7 @@ class Options:
     download: bool
     load_size: int | None
     skip_bad_images: bool
-    cache: ic.TensorCache | None
+    cache: TensorCache | None
     in_memory: bool | None
 
 
@@ -85,13 +87,13 @@ def resize_all(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tens
         return images
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
     for i in range(0, len(images), chunk):
-        out[i : i + chunk] = ic.square_resize(images[i : i + chunk], size)
+        out[i : i + chunk] = square_resize(images[i : i + chunk], size)
     return out
 
 
 def _array_split(images: torch.Tensor, labels: torch.Tensor, in_memory: bool | None) -> RawSplit:
     if in_memory is False:
-        return RawSplit(labels=labels, dataset=ic.TensorImageDataset(images, labels))
+        return RawSplit(labels=labels, dataset=TensorImageDataset(images, labels))
     return RawSplit(labels=labels, images=images)
 
 
@@ -310,8 +312,8 @@ class Cifar10(Source):
             "root": self.root,
             "split": split,
             "load_size": self.load_size,
-            "version": ic.CACHE_FORMAT_VERSION,
-            "fingerprint": ic.fingerprint([*files, self.base / self.meta_file]),
+            "version": CACHE_FORMAT_VERSION,
+            "fingerprint": fingerprint([*files, self.base / self.meta_file]),
         }
 
         def build() -> dict:
@@ -327,7 +329,7 @@ class Cifar10(Source):
             images = resize_all(images, self.load_size)
             return {"images": images, "labels": torch.tensor(tv.targets, dtype=torch.int64)}
 
-        entry, _ = ic.cached(self._opts.cache, key, build)
+        entry, _ = cached(self._opts.cache, key, build)
         return _array_split(entry["images"], entry["labels"], self._opts.in_memory)
 
 
@@ -401,8 +403,8 @@ class FashionMnist(Source):
             "root": self.root,
             "split": split,
             "load_size": self.load_size,
-            "version": ic.CACHE_FORMAT_VERSION,
-            "fingerprint": ic.fingerprint(files),
+            "version": CACHE_FORMAT_VERSION,
+            "fingerprint": fingerprint(files),
         }
 
         def build() -> dict:
@@ -421,7 +423,7 @@ class FashionMnist(Source):
             images = resize_all(images.unsqueeze(1).contiguous(), self.load_size)  # (N,1,S,S)
             return {"images": images, "labels": labels.long()}
 
-        entry, _ = ic.cached(self._opts.cache, key, build)
+        entry, _ = cached(self._opts.cache, key, build)
         return _array_split(entry["images"], entry["labels"], self._opts.in_memory)
 
 
@@ -441,7 +443,7 @@ def _load_files(
     opts = source._opts
     labels_t = torch.tensor(labels, dtype=torch.int64)
     if not source._in_memory:
-        ds = ic.ImageFileDataset(
+        ds = ImageFileDataset(
             paths, labels, source.load_size, source.in_channels, opts.skip_bad_images
         )
         return RawSplit(labels=labels_t, dataset=ds, paths=list(paths))
@@ -450,12 +452,12 @@ def _load_files(
         "root": source.root,
         "split": split,
         "load_size": source.load_size,
-        "version": ic.CACHE_FORMAT_VERSION,
-        "fingerprint": ic.fingerprint([*paths, *extra_files]),
+        "version": CACHE_FORMAT_VERSION,
+        "fingerprint": fingerprint([*paths, *extra_files]),
     }
 
     def build() -> dict:
-        dec = ic.decode_files(
+        dec = decode_files(
             paths,
             source.load_size,
             skip_bad_images=opts.skip_bad_images,
@@ -468,7 +470,7 @@ def _load_files(
             "skipped": dec.skipped,
         }
 
-    entry, _ = ic.cached(opts.cache, key, build)
+    entry, _ = cached(opts.cache, key, build)
     _check_cached_skips(entry, opts.skip_bad_images)
     return RawSplit(
         labels=entry["labels"],
@@ -577,7 +579,7 @@ def _list_images(folder: Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if not f.startswith(".") and f.lower().endswith(ic.IMAGE_EXTENSIONS):
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(dirpath, f))
     return found
 
@@ -623,7 +625,7 @@ class ImageFolder(Source):
         n = sum(len(p) for p, _ in self._files.values())
         self._in_memory = _in_memory(opts, n, 3, self.load_size)
         if not self._in_memory:
-            self.in_channels = ic.probe_channels(self._files["train"][0])
+            self.in_channels = probe_channels(self._files["train"][0])
 
     def _scan(self, split: str) -> tuple[list[str], list[int]]:
         folder = self._dirs[split]
@@ -643,7 +645,7 @@ class ImageFolder(Source):
         for c in subdirs:
             files = _list_images(folder / c)
             if not files:
-                exts = ", ".join(ic.IMAGE_EXTENSIONS)
+                exts = ", ".join(IMAGE_EXTENSIONS)
                 raise DataError(f"imagefolder: class folder {folder / c} has no images ({exts})")
             paths += files
             labels += [index[c]] * len(files)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from alexnet.data import datasets as ds
-from alexnet.data.imagecache import TensorCache, read_image, to_channels
+from alexnet.data.cache import TensorCache
+from alexnet.data.decode import read_image, to_channels
 from alexnet.errors import DataError
 
 __all__ = [

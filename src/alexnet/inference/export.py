@@ -2,7 +2,7 @@
 
 Each export is written to a temporary file next to the target, loaded back the way a user
 would load it (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript,
-:func:`alexnet.io.weights.load_model_file` for safetensors) and run on sample batches of two
+:func:`alexnet.inference.loading.load_model_file` for safetensors) and run on sample batches of two
 sizes (the batch axis is dynamic). Only when every output matches PyTorch's within the
 tolerance does the file take its final name; otherwise nothing is written and
 :class:`ExportError` says by how much the outputs differ.
@@ -31,8 +31,14 @@ import torch
 from torch import nn
 
 from alexnet.atomic import replacing
+from alexnet.data.preprocess import BadInput, load_image, normalize
 from alexnet.errors import UserError
-from alexnet.io.weights import ModelMeta
+from alexnet.inference.loading import load_model_file
+from alexnet.inference.onnx_model import ONNX_META_KEY, ONNX_PRECISION_KEY, onnx_session
+from alexnet.inference.predict import expand_inputs
+from alexnet.inference.quantize import quantize_int8
+from alexnet.io.model_file import ModelMeta, save_model_file
+from alexnet.text import first_line
 
 __all__ = [
     "FORMATS",
@@ -93,7 +99,7 @@ def _compare(
         except Exception as e:  # a runtime that cannot run its own file: not a success
             raise ExportError(
                 f"the exported {what} model failed on a batch of {b}: {type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                f"{first_line(e, None)}"
             ) from None
         if got.shape != want.shape or not np.isfinite(got).all():
             raise ExportError(
@@ -143,7 +149,7 @@ def _write_onnx(model: nn.Module, meta: ModelMeta, path: Path) -> None:
             )
             program.save(str(path), external_data=False)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, None)
         raise ExportError(f"torch.onnx.export failed: {first}") from None
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
@@ -155,8 +161,6 @@ def _write_onnx(model: nn.Module, meta: ModelMeta, path: Path) -> None:
 def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
     """What a user needs to feed the model (classes, size, mean, std), inside the file."""
     import onnx
-
-    from alexnet.inference.onnx_model import ONNX_META_KEY, ONNX_PRECISION_KEY
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
@@ -170,8 +174,6 @@ def _add_metadata(path: Path, meta: ModelMeta, precision: str) -> None:
 
 
 def _onnx_runner(path: Path) -> Callable:
-    from alexnet.inference.onnx_model import onnx_session
-
     session = onnx_session(path)
     name = session.get_inputs()[0].name
     return lambda t: session.run(None, {name: t.numpy()})[0]
@@ -187,8 +189,6 @@ def _export_onnx(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
 def _export_onnx_int8(
     model: nn.Module, meta: ModelMeta, tmp: Path, calibration: torch.Tensor, method: str
 ) -> Callable:
-    from alexnet.inference.quantize import quantize_int8
-
     _require_onnx()
     float_tmp = tmp.with_name(f"{tmp.stem}.float{tmp.suffix}")
     try:
@@ -222,7 +222,7 @@ def _export_torchscript(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callabl
             torch.jit.save(traced, str(tmp), _extra_files={"meta.json": json.dumps(meta.to_dict())})
             loaded = torch.jit.load(str(tmp), map_location="cpu")
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, None)
         raise ExportError(f"TorchScript export failed: {first}") from None
     loaded.eval()
 
@@ -234,8 +234,6 @@ def _export_torchscript(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callabl
 
 
 def _export_safetensors(model: nn.Module, meta: ModelMeta, tmp: Path) -> Callable:
-    from alexnet.io.weights import load_model_file, save_model_file
-
     save_model_file(tmp, model, meta)
     loaded, _ = load_model_file(tmp)
 
@@ -333,7 +331,7 @@ def export_model(
     except UserError:
         raise
     except Exception as e:  # onnx checker, onnxruntime session, ...: never a success
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, None)
         raise ExportError(f"{fmt} export failed: {type(e).__name__}: {first}") from None
     return ExportResult(
         path,
@@ -380,8 +378,6 @@ def calibration_images(
     A random (seeded) choice when there are more, so that a folder sorted by class still
     gives every class a say. Returns float32 (N, C, S, S); unreadable files are skipped.
     """
-    from alexnet.inference.predict import BadInput, expand_inputs, load_image, normalize
-
     paths, _missing = expand_inputs(inputs)
     if len(paths) > limit:
         order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))

@@ -26,16 +26,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from alexnet.runtime import resolve_precision
+from alexnet.runtime import precision_name, resolve_precision
 
-__all__ = ["InferenceFn", "prepare_for_inference", "fold_batchnorm", "precision_name"]
-
-_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for an autocast dtype (None = float32)."""
-    return _DTYPE_NAMES[dtype]
+__all__ = ["InferenceFn", "prepare_for_inference", "fold_batchnorm"]
 
 
 def fold_batchnorm(model: nn.Module) -> int:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from alexnet.errors import WeightsError
-from alexnet.io.weights import ModelMeta
+from alexnet.io.model_file import ModelMeta
+from alexnet.text import first_line
 
 __all__ = ["OnnxModel", "load_onnx_model", "onnx_session", "ONNX_META_KEY", "ONNX_PRECISION_KEY"]
 
@@ -86,7 +87,7 @@ def load_onnx_model(path: str | os.PathLike) -> tuple[OnnxModel, ModelMeta]:
     try:
         model = OnnxModel(path)
     except Exception as e:  # onnxruntime's own exception types; a damaged or foreign file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e, 200)
         raise WeightsError(f"onnxruntime cannot load {path}: {first}") from None
     raw = model.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
     if raw is None:

@@ -1,6 +1,6 @@
 """A trained AlexNet on new images: class predictions and layer embeddings.
 
-Images are decoded the way training decodes them (:mod:`alexnet.data.imagecache`: any Pillow
+Images are decoded the way training decodes them (:mod:`alexnet.data.decode`: any Pillow
 mode becomes grey or RGB, alpha over white, 16-bit scaled, images over Pillow's pixel limit
 refused from the header) and framed exactly as evaluation frames a stored image
 (:class:`alexnet.data.augment.BatchTransform`): the centre square, resized to ``image_size / 0.875``
@@ -11,10 +11,8 @@ by path and the others carry on.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,27 +22,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.data.imagecache import IMAGE_EXTENSIONS
+from alexnet.atomic import write_atomic
+from alexnet.data.decode import IMAGE_EXTENSIONS
+from alexnet.data.loading import list_datasets
+from alexnet.data.pipeline import build_pipeline
+from alexnet.data.preprocess import BadInput, load_image, normalize
 from alexnet.errors import DataError, UserError, WeightsError
-from alexnet.io.weights import ModelMeta
+from alexnet.inference.loading import load_model_file
+from alexnet.io.model_file import ModelMeta, class_labels, has_model_metadata
+from alexnet.models.layers import run_to_layer
+from alexnet.models.loading import load_weights
+from alexnet.models.pretrained import imagenet_meta
+from alexnet.models.registry import get_model
+from alexnet.progress import bar as progress_bar
 from alexnet.training.engine import ranked
 
 __all__ = [
-    "BadInput",
     "FeatureSet",
     "Prediction",
     "PredictResult",
-    "capture_layer",
-    "class_labels",
-    "eval_resize",
     "expand_inputs",
     "extract_features",
     "iter_predict",
     "load_for_inference",
-    "load_image",
-    "normalize",
     "predict",
-    "run_to_layer",
     "save_features",
 ]
 
@@ -67,17 +68,13 @@ def load_for_inference(
     preprocessing (e.g. torchvision's ``alexnet-owt-7be5be79.pth``); a file that carries our
     metadata is read as a checkpoint. ``pretrained``: torchvision's ImageNet weights.
     """
-    from alexnet.io.weights import imagenet_meta, load_model_file, load_weights
-
     given = sum(x is not None and x is not False for x in (checkpoint, weights, pretrained))
     if given != 1:
         raise UserError("give exactly one of --checkpoint FILE, --weights FILE or --pretrained")
     if checkpoint is not None:
         return load_model_file(checkpoint, device=device)
-    from alexnet.models.zoo import get_model
-
     if weights is not None:
-        if _has_model_metadata(weights):  # a model.safetensors given as --weights: fine too
+        if has_model_metadata(weights):  # a model.safetensors given as --weights: fine too
             return load_model_file(weights, device=device)
         meta = imagenet_meta()
         model = get_model(model_name, num_classes=meta.num_classes, in_channels=3)
@@ -97,21 +94,6 @@ def load_for_inference(
     return model.to(device).eval(), imagenet_meta()
 
 
-def _has_model_metadata(path: str | os.PathLike) -> bool:
-    """True for a ``.safetensors`` file written by :func:`alexnet.io.weights.save_model_file`."""
-    from alexnet.io.weights import MODEL_FILE_FORMAT
-
-    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
-        return False
-    try:
-        from safetensors import safe_open
-
-        with safe_open(os.fspath(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == MODEL_FILE_FORMAT
-    except Exception:  # damaged: let load_weights name the problem
-        return False
-
-
 def model_device(model: nn.Module) -> torch.device:
     """Where ``model``'s weights live; the CPU for one without any (an ONNX file's runner)."""
     for t in model.parameters():
@@ -119,24 +101,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def class_labels(meta: ModelMeta) -> list[str]:
-    """One name per output; class indices as names when the metadata has none."""
-    if len(meta.classes) == meta.num_classes:
-        return list(meta.classes)
-    return [str(i) for i in range(meta.num_classes)]
-
-
 # ------------------------------------------------------------------------- images
-
-
-class BadInput(DataError):
-    """One input file that could not be used; ``path`` and a one-line ``reason``."""
-
-    def __init__(self, path: str, reason: str):
-        reason = " ".join(str(reason).split())  # always one line
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def _is_image_name(p: Path) -> bool:
@@ -165,70 +130,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
         else:
             bad.append(BadInput(str(p), "does not exist"))
     return out, bad
-
-
-def eval_resize(side: int, image_size: int) -> int:
-    """The side the centre square is resized to before the centre crop: evaluation's rule
-    (224 -> 256 as torchvision evaluates ImageNet; a square already between ``image_size``
-    and ``image_size / 0.875`` is only cropped; a smaller one is enlarged to ``image_size``)."""
-    from alexnet.data.augment import EVAL_CROP_FRACTION
-
-    if side < image_size:
-        return image_size
-    return min(side, round(image_size / EVAL_CROP_FRACTION))
-
-
-def load_image(path: str | os.PathLike, *, channels: int, image_size: int) -> torch.Tensor:
-    """One image file -> uint8 (channels, image_size, image_size), ready to normalise.
-
-    The centre square is resized (bilinear, antialiased when shrinking) to
-    :func:`eval_resize` and its centre ``image_size`` crop is cut out. Raises :class:`BadInput` naming the file for empty, truncated, non-image or oversized
-    files (over ``PIL.Image.MAX_IMAGE_PIXELS``: refused from the header, never decoded).
-    """
-    from PIL import Image
-
-    from alexnet.data.imagecache import BadImage, decode_image_bytes, square_resize, to_channels
-
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BadInput(name, f"cannot read file ({e.strerror or e})") from None
-    try:
-        with warnings.catch_warnings():
-            # over the limit is refused below with the file's name; Pillow's warning is noise
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            x = decode_image_bytes(data, name)  # (1 or 3, H, W) uint8
-    except BadImage as bad:
-        raise BadInput(name, bad.reason) from None
-    except Exception as e:  # a decoder bug must not stop the other images
-        raise BadInput(name, f"cannot decode ({type(e).__name__}: {e})") from None
-    r = eval_resize(min(x.shape[-2:]), image_size)
-    x = square_resize(x, r)  # (C, r, r): the centre square, shorter side resized to r
-    top = (r - image_size) // 2
-    x = x[:, top : top + image_size, top : top + image_size]
-    return to_channels(x.contiguous(), channels)
-
-
-def normalize(x: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
-    """uint8 (B, C, S, S) -> float (B, meta.in_channels, image_size, image_size): evaluation's
-    framing (a no-op for :func:`load_image` output) and the mean and std of the weights."""
-    from alexnet.data.augment import BatchTransform
-
-    c = x.shape[1]
-    mean = meta.mean if len(meta.mean) in (1, c, meta.in_channels) else [0.0]
-    std = meta.std if len(meta.std) in (1, c, meta.in_channels) else [1.0]
-    transform = BatchTransform(
-        [],
-        out_size=meta.image_size,
-        mean=mean,
-        std=std,
-        in_channels=c,
-        out_channels=meta.in_channels,
-        train=False,
-    )
-    return transform(x)
 
 
 def _decode_many(
@@ -368,45 +269,6 @@ def predict(
 # ------------------------------------------------------------------------- features
 
 
-class _Captured(Exception):
-    """Raised by the hook to stop the forward pass once the wanted layer has run."""
-
-
-@contextlib.contextmanager
-def capture_layer(model: nn.Module, layer: str, *, stop: bool = False) -> Iterator[dict]:
-    """Record the output of the named layer (``model.layer_names``) in ``store["out"]``.
-
-    With ``stop`` the forward pass ends right after that layer (wrap the call in
-    :func:`run_to_layer`): nothing after it is computed.
-    """
-    names = getattr(model, "layer_names", {})
-    if layer not in names:
-        raise UserError(f"unknown layer {layer!r}; use one of {', '.join(names)}")
-    module = model.get_submodule(names[layer])
-    store: dict = {}
-
-    def hook(_module, _inputs, output):
-        store["out"] = output.detach().clone()  # clone: a later in-place op must not change it
-        if stop:
-            raise _Captured
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-def run_to_layer(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """The activation of ``layer`` for the batch ``x`` (the rest of the network is skipped)."""
-    with capture_layer(model, layer, stop=True) as store:
-        try:
-            model(x)
-        except _Captured:
-            pass
-    return store["out"]
-
-
 @dataclass
 class FeatureSet:
     """Embeddings of one layer: ``features[i]`` belongs to ``paths[i]`` with ``labels[i]``."""
@@ -468,8 +330,6 @@ def extract_features(
     averages conv maps over space: (N, C) instead of (N, C, H, W). Bad files are skipped
     and listed in ``failures``.
     """
-    from alexnet.progress import bar as progress_bar
-
     if pool not in ("none", "avg"):
         raise UserError(f"unknown pooling {pool!r}; use none or avg")
     if layer not in getattr(model, "layer_names", {}):
@@ -511,20 +371,21 @@ def extract_features(
             bar.close()
         paths_out, labels_out = keep_paths, np.asarray(keep_labels, dtype=np.int64)
     else:
-        from alexnet.data.loading import BatchLoader, list_datasets, load_data
-
         name = str(source)
         if name not in list_datasets():
             raise DataError(
                 f"{name} is neither a folder nor a dataset name "
                 f"(datasets: {', '.join(list_datasets())})"
             )
-        bundle = load_data(name, root=data_root)
-        chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}.get(split)
+        # uint8 at the dataset's stored size: normalize() below frames and normalises them
+        pipe = build_pipeline(
+            name, root=data_root, batch_size=batch_size, eval_batch_size=batch_size
+        )
+        chosen = pipe.split(split)
         if chosen is None:
             raise DataError(f"{name} has no {split!r} split; use train, val or test")
-        classes = list(bundle.classes)
-        loader = BatchLoader(chosen, batch_size=batch_size, shuffle=False, device="cpu")
+        classes = list(pipe.classes)
+        loader = pipe.eval_loader(chosen)
         bar = progress_bar(
             total=len(chosen), desc=f"features {layer}", unit="img", enabled=progress
         )
@@ -551,8 +412,6 @@ def save_features(fs: FeatureSet, path: str | os.PathLike) -> Path:
 
     Strings are stored as unicode arrays, so ``np.load(path)`` needs no pickle.
     """
-    from alexnet.io.checkpoint import write_atomic
-
     buf = io.BytesIO()
     np.savez(
         buf,

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import random
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 
 from alexnet.atomic import fsync_dir, slow_write_delay, write_atomic
 from alexnet.errors import WeightsError
-from alexnet.io.weights import _unpickler_reason, runs_code
+from alexnet.io.safe_load import load_plain_data
 
 __all__ = [
     "FORMAT_VERSION",
@@ -88,31 +86,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     size = path.stat().st_size
     if size == 0:
         raise WeightsError(f"checkpoint {path} is empty (0 bytes): its write was interrupted")
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()  # reads every entry and checks its CRC-32
-    except zipfile.BadZipFile:
-        raise WeightsError(
-            f"checkpoint {path} is damaged: not a complete torch zip file "
-            f"({size} bytes; truncated or not a checkpoint)"
-        ) from None
-    except Exception as e:  # any other way a damaged zip directory can fail to parse
-        raise WeightsError(f"checkpoint {path} is damaged: {type(e).__name__}: {e}") from None
-    if bad is not None:
-        raise WeightsError(f"checkpoint {path} is corrupted: CRC mismatch in entry {bad!r}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(e)
-        if not runs_code(reason):
-            raise WeightsError(f"checkpoint {path} is damaged: {reason}") from None
-        raise WeightsError(
-            f"checkpoint {path} holds Python objects other than plain data and was refused: "
-            f"loading it would run code ({reason}); alexnet's checkpoints never need that"
-        ) from None
-    except Exception as e:  # torch reports damage in many exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"checkpoint {path} is damaged: {first}") from None
+    state = load_plain_data(
+        path,
+        label=f"checkpoint {path}",
+        refused_hint="alexnet's checkpoints hold plain data only, never code",
+        zip_only=True,  # save_checkpoint always writes torch's zip container
+        map_location=map_location,
+    )
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise WeightsError(
             f"{path} is not an alexnet training checkpoint (expected a dict with "

@@ -15,7 +15,6 @@ Every function takes a model or a registered variant name and an input size ``(C
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import torch
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.models.zoo import count_parameters, get_model, model_info
+from alexnet.models.base import output_size
+from alexnet.models.registry import count_parameters, get_model, model_info
 
 __all__ = ["TraceRow", "explain", "format_trace", "summarize", "trace", "trace_rows"]
 
@@ -338,9 +338,7 @@ def _axis(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> tuple[str, i
     """The formula with numbers for one axis, and its value."""
     k_eff = d * (k - 1) + 1  # a dilated kernel spans d*(K-1)+1 pixels
     num = size - k_eff + 2 * p
-    value = (math.ceil(num / s) if ceil else math.floor(num / s)) + 1
-    if ceil and (value - 1) * s >= size + p:  # PyTorch: the last window must start inside
-        value -= 1
+    value = output_size(size, k, s, p, dilation=d, ceil=ceil)
     rnd = "ceil" if ceil else "floor"
     text = f"{rnd}(({size} - {k_eff} + 2*{p}) / {s}) + 1 = {value}"
     if num % s:

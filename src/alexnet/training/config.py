@@ -18,9 +18,17 @@ from typing import Any
 
 import yaml
 
+from alexnet.data.datasets import REGISTRY
 from alexnet.errors import ConfigError
+from alexnet.models.init import INIT_SCHEMES
+from alexnet.models.registry import model_info
+from alexnet.runtime import PRECISIONS
 
 __all__ = [
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULERS",
+    "TTA_MODES",
     "TrainConfig",
     "ConfigError",
     "ResolvedConfig",
@@ -29,6 +37,11 @@ __all__ = [
     "resolve",
     "resolve_config",
 ]
+
+# The names a key takes, said once: the checks below, the engine and the CLI's choices.
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("none", "step", "plateau", "cosine", "onecycle")
+TTA_MODES = ("none", "flip", "ten-crop")
 
 
 @dataclass
@@ -170,19 +183,11 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.weight_decay >= 0, "weight_decay", "must be >= 0"),
         (cfg.workers >= 0, "workers", "must be >= 0"),
         (cfg.image_size is None or cfg.image_size >= 1, "image_size", "must be positive"),
-        (cfg.optimizer in ("sgd", "adamw"), "optimizer", "must be sgd or adamw"),
-        (
-            cfg.scheduler in ("none", "step", "plateau", "cosine", "onecycle"),
-            "scheduler",
-            "must be one of none, step, plateau, cosine, onecycle",
-        ),
-        (
-            cfg.precision in ("auto", "fp32", "bf16", "fp16"),
-            "precision",
-            "must be auto, fp32, bf16 or fp16",
-        ),
-        (cfg.tta in ("none", "flip", "ten-crop"), "tta", "must be none, flip or ten-crop"),
-        (cfg.init in ("default", "xavier", "paper"), "init", "must be default, xavier or paper"),
+        (cfg.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
+        (cfg.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
+        (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
+        (cfg.tta in TTA_MODES, "tta", f"must be one of {', '.join(TTA_MODES)}"),
+        (cfg.init in INIT_SCHEMES, "init", f"must be one of {', '.join(INIT_SCHEMES)}"),
         (cfg.freeze in (None, "features"), "freeze", "must be features (or unset)"),
         (cfg.eval_every >= 1, "eval_every", "must be at least 1"),
         (cfg.step_size >= 1, "step_size", "must be at least 1"),
@@ -313,8 +318,6 @@ def resolve(
     _refuse_unused_flags(values, flags)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
-        from alexnet.models.zoo import model_info
-
         values["lr"] = model_info(model).default_lr
         sources["lr"] = "model"
     cfg = TrainConfig(**values)
@@ -349,8 +352,6 @@ def _leaves_default_dataset(flags: dict[str, Any]) -> bool:
 
 
 def _dataset_source(name: str):
-    from alexnet.data.datasets import REGISTRY
-
     return REGISTRY.get(name)
 
 
@@ -464,8 +465,6 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
             value = " ".join(map(str, value)) or "none"
         where = sources.get(key, "default")
         if key == "image_size" and value is None:
-            from alexnet.models.zoo import model_info
-
             value = f"{model_info(cfg.model).native_input_size} (the model's native size)"
         if where == "model":  # a default of the chosen variant
             where, value = "default", f"{value} ({cfg.model}'s)"

@@ -24,16 +24,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
-import hashlib
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from alexnet.errors import UserError
+from alexnet.io.digest import state_digest  # re-exported: checks that ranks agree
+from alexnet.runtime import pick_device
 
 __all__ = [
     "DistContext",
@@ -292,8 +293,6 @@ def setup(device: str = "auto", *, timeout: float | None = None) -> DistContext:
     torchrun's variables, or with ``WORLD_SIZE=1``, the result is a single process on
     :func:`alexnet.runtime.pick_device` ``(device)``.
     """
-    from alexnet.runtime import pick_device
-
     if not launched_by_torchrun() or _env_int("WORLD_SIZE") <= 1:
         return DistContext(device=pick_device(device))
     if not torch.distributed.is_available():
@@ -410,24 +409,6 @@ def session(device: str = "auto", *, timeout: float | None = None) -> Iterator[D
 
 # ----------------------------------------------------------------------------------------
 # Checks and the test hook
-
-
-def state_digest(state: Mapping[str, torch.Tensor] | nn.Module) -> str:
-    """SHA-256 of a state dict's names, dtypes, shapes and values (layout-independent).
-
-    Two ranks with the same digest hold bit-identical weights and buffers.
-    """
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name]
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def fault_point(ctx: DistContext, epoch: int) -> None:

@@ -2,7 +2,7 @@
 
 Everything here is a function of tensors and modules that returns plain metric dicts: no
 files, no flags, no printing beyond an optional progress bar handed in by the caller
-(:mod:`alexnet.training.run` owns the run folder). Accuracies are percentages (0-100).
+(:mod:`alexnet.training.run_folder` owns the run folder). Accuracies are percentages (0-100).
 
 Host syncs are kept out of the step: loss and correct counts accumulate as device tensors and
 are read back only for the progress bar (every ``log_every`` steps) and at the end.
@@ -13,22 +13,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.data.augment import ten_crop
 from alexnet.errors import UserError
 from alexnet.runtime import autocast
+from alexnet.training.config import SCHEDULERS
 
 __all__ = [
+    "StepOptions",
     "Diverged",
     "SingleProcess",
     "LRSchedule",
     "accuracy",
     "build_optimizer",
-    "evaluate",
+    "evaluate_loader",
     "ranked",
     "train_one_epoch",
 ]
@@ -166,7 +170,7 @@ class LRSchedule:
     Call :meth:`step` after every optimiser step and :meth:`epoch_end` after validation.
     """
 
-    KINDS = ("none", "step", "plateau", "cosine", "onecycle")
+    KINDS = SCHEDULERS
 
     def __init__(
         self,
@@ -281,109 +285,157 @@ def _diverged(epoch: int, step: int, value: float, lr: float) -> Diverged:
     )
 
 
+@dataclass
+class StepOptions:
+    """How every training step of a run is done (the same for each epoch)."""
+
+    transform: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> normalised float input
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None = float32
+    scaler: Any | None = None  # GradScaler for float16
+    schedule: LRSchedule | None = None  # stepped after every optimiser step
+    channels_last: bool = False
+    grad_clip: float | None = None
+    dist: Dist = SINGLE
+    log_every: int = 10  # steps between progress-bar updates (one host sync each)
+    # steps between divergence checks: every step on the CPU, where it costs nothing,
+    # every log_every on GPUs, where it is a host sync
+    check_every: int | None = None
+
+
+class _Totals:
+    """An epoch's running loss and accuracy sums, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device, saved: dict[str, float] | None) -> None:
+        saved = saved or {}
+        self.loss_sum = torch.tensor(saved.get("loss_sum", 0.0), dtype=torch.float64, device=device)
+        self.correct = torch.tensor(int(saved.get("correct", 0)), dtype=torch.int64, device=device)
+        self.count = int(saved.get("count", 0))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        b = y.shape[0]
+        self.loss_sum += loss.detach().double() * b
+        self.correct += (logits.detach().argmax(dim=1) == y).sum()
+        self.count += b
+
+    def saved(self) -> dict[str, float]:
+        """Plain numbers, to continue an interrupted epoch exactly."""
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "count": self.count}
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
+    options: StepOptions,
     *,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    criterion: nn.Module,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    scaler: Any | None = None,
-    schedule: LRSchedule | None = None,
     epoch: int = 1,
-    channels_last: bool = False,
-    grad_clip: float | None = None,
-    dist: Dist = SINGLE,
     start_step: int = 0,
     totals: dict[str, float] | None = None,
     should_stop: Callable[[], bool] | None = None,
     bar: Any | None = None,
-    log_every: int = 10,
-    check_every: int | None = None,
 ) -> dict[str, Any]:
     """Train for one pass over ``loader``; returns the epoch's metrics.
 
-    ``loader`` yields (uint8 (B, C, S, S), int64 (B,)) on ``device``; ``transform`` turns a
-    batch into the normalised float input. ``start_step`` and ``totals`` continue an epoch
-    that was interrupted after ``start_step`` steps (the first batches are skipped: the loader
-    gives the same order for the same epoch). ``should_stop()`` is polled after each step; when
-    it says so the function returns with ``complete=False`` and the state of the last
-    completed step.
+    ``loader`` yields (uint8 (B, C, S, S), int64 (B,)) on the device. ``start_step`` and
+    ``totals`` continue an epoch that was interrupted after ``start_step`` steps (the first
+    batches are skipped: the loader gives the same order for the same epoch).
+    ``should_stop()`` is polled after each step; when it says so the function returns with
+    ``complete=False`` and the state of the last completed step.
 
-    Divergence check: the loss is tested with ``torch.isfinite`` before the backward pass
-    every ``check_every`` steps (default: every step on the CPU, where it costs nothing, and
-    every 10 on GPUs, where it is a host sync). On a GPU the weights can therefore take up to
-    ``check_every - 1`` bad steps before training stops; the caller never writes them
-    (it checks the weights before every checkpoint).
+    The loss is tested with ``torch.isfinite`` before the backward pass every
+    ``options.check_every`` steps. On a GPU the weights can therefore take up to
+    ``check_every - 1`` bad steps before training stops; the caller never writes them (it
+    checks the weights before every checkpoint).
     """
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else log_every
+    o = options
+    check_every = o.check_every or (1 if o.device.type == "cpu" else o.log_every)
     model.train()
-    totals = dict(totals or {})
-    loss_sum = torch.tensor(totals.get("loss_sum", 0.0), dtype=torch.float64, device=device)
-    correct = torch.tensor(int(totals.get("correct", 0)), dtype=torch.int64, device=device)
-    count = int(totals.get("count", 0))
-    seen_now = 0  # images trained in this call (for images/s)
-    step = start_step
-    complete = True
+    running = _Totals(o.device, totals)
+    seen_now, step, complete = 0, start_step, True  # seen_now: images of this call (images/s)
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if i < start_step:
             continue  # already trained before the interruption
-        x = transform(x)  # (B, C, H, W) float, normalised
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(x)  # (B, K)
-            loss = criterion(logits, y)
+        logits, loss = _forward(model, x, y, o)
         if (i + 1) % check_every == 0 or i == start_step:
-            if not torch.isfinite(loss.detach()):
-                raise _diverged(epoch, i + 1, float(loss.detach()), optimizer.param_groups[0]["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        b = y.shape[0]
-        loss_sum += loss.detach().double() * b
-        correct += (logits.detach().argmax(dim=1) == y).sum()
-        count += b
-        seen_now += b
+            _check_finite(float(loss.detach()), epoch, i + 1, optimizer)
+        _backward_and_update(model, loss, optimizer, o)
+        running.add(loss, logits, y)
+        seen_now += y.shape[0]
         step = i + 1
         if bar is not None:
-            bar.update(1)
-            if step % log_every == 0:
-                mean = float(loss_sum) / count  # the one host sync, every log_every steps
-                if not math.isfinite(mean):
-                    raise _diverged(epoch, step, mean, optimizer.param_groups[0]["lr"])
-                bar.set_postfix(
-                    loss=f"{mean:.4f}",
-                    acc=f"{100.0 * float(correct) / count:.2f}",
-                    img_s=f"{seen_now / (time.perf_counter() - t0):.0f}",
-                    refresh=False,
-                )
+            _show_progress(bar, running, step, seen_now, t0, epoch, optimizer, o.log_every)
         if should_stop is not None and should_stop():
             complete = False
             break
+    return _epoch_metrics(running, o.dist, step, complete, seen_now, t0, epoch, optimizer)
+
+
+def _forward(model: nn.Module, x, y, o: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    x = o.transform(x)  # (B, C, H, W) float, normalised
+    if o.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(o.device, o.amp_dtype):
+        logits = model(x)  # (B, K)
+        return logits, o.criterion(logits, y)
+
+
+def _check_finite(value: float, epoch: int, step: int, optimizer) -> None:
+    if not math.isfinite(value):
+        raise _diverged(epoch, step, value, optimizer.param_groups[0]["lr"])
+
+
+def _backward_and_update(model: nn.Module, loss: torch.Tensor, optimizer, o: StepOptions) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if o.scaler is not None:  # float16: scaled loss, unscaled before clipping
+        o.scaler.scale(loss).backward()
+        if o.grad_clip:
+            o.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        o.scaler.step(optimizer)
+        o.scaler.update()
+    else:
+        loss.backward()
+        if o.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+    if o.schedule is not None:
+        o.schedule.step()
+
+
+def _show_progress(bar, running: _Totals, step, seen_now, t0, epoch, optimizer, log_every) -> None:
+    bar.update(1)
+    if step % log_every:
+        return
+    mean = float(running.loss_sum) / running.count  # the one host sync, every log_every steps
+    _check_finite(mean, epoch, step, optimizer)
+    bar.set_postfix(
+        loss=f"{mean:.4f}",
+        acc=f"{100.0 * float(running.correct) / running.count:.2f}",
+        img_s=f"{seen_now / (time.perf_counter() - t0):.0f}",
+        refresh=False,
+    )
+
+
+def _epoch_metrics(
+    running: _Totals, dist: Dist, step, complete, seen_now, t0, epoch, optimizer
+) -> dict[str, Any]:
+    """The epoch's loss and accuracy over every process, and this process's speed."""
     elapsed = time.perf_counter() - t0
-    stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=device)])
-    stats = dist.all_reduce(stats)
-    loss_total, correct_total, n = (float(v) for v in stats.tolist())
+    device = running.loss_sum.device
+    stats = torch.stack(
+        [
+            running.loss_sum,
+            running.correct.double(),
+            torch.tensor(float(running.count), device=device),
+        ]
+    )
+    loss_total, correct_total, n = (float(v) for v in dist.all_reduce(stats).tolist())
     mean_loss = loss_total / n if n else float("nan")
-    if n and not math.isfinite(mean_loss):
-        raise _diverged(epoch, step, mean_loss, optimizer.param_groups[0]["lr"])
+    if n:
+        _check_finite(mean_loss, epoch, step, optimizer)
     return {
         "loss": mean_loss,
         "top1": 100.0 * correct_total / n if n else float("nan"),
@@ -393,8 +445,7 @@ def train_one_epoch(
         "time": elapsed,
         "images_per_s": seen_now * dist.world_size / elapsed if elapsed > 0 else 0.0,
         "lr": float(optimizer.param_groups[0]["lr"]),
-        # this rank's running sums, to continue an interrupted epoch exactly
-        "totals": {"loss_sum": float(loss_sum), "correct": int(correct), "count": count},
+        "totals": running.saved(),  # this rank's running sums, to continue the epoch exactly
     }
 
 
@@ -411,7 +462,7 @@ def _probs(model: nn.Module, x: torch.Tensor, device, amp_dtype, channels_last) 
 
 
 @torch.inference_mode()
-def evaluate(
+def evaluate_loader(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
@@ -452,8 +503,6 @@ def evaluate(
             p = _probs(model, x, device, amp_dtype, channels_last)
             p = (p + _probs(model, x.flip(-1), device, amp_dtype, channels_last)) / 2
         elif tta == "ten-crop":
-            from alexnet.data.augment import ten_crop
-
             crops = ten_crop(x, crop_size or x.shape[-1])  # (10, B, C, s, s)
             p = sum(_probs(model, c, device, amp_dtype, channels_last) for c in crops) / 10
         else:

@@ -24,6 +24,8 @@ from typing import Any
 from torch import nn
 
 from alexnet.errors import WeightsError
+from alexnet.models.loading import load_weights
+from alexnet.models.pretrained import apply_named_weights
 from alexnet.training.config import TrainConfig
 
 __all__ = [
@@ -55,8 +57,6 @@ def load_init_weights(model: nn.Module, init_from: str) -> nn.Module:
     A shape mismatch anywhere else (another variant, other input channels) is a
     :class:`WeightsError` naming the first layer that does not fit.
     """
-    from alexnet.io.weights import apply_named_weights, load_weights
-
     if init_from.lower() in ("imagenet", "imagenet1k_v1", "default"):
         variant = getattr(model, "variant", "")
         if variant != "alexnet":

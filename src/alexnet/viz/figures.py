@@ -18,9 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.atomic import write_atomic
+from alexnet.data.preprocess import normalize
+from alexnet.errors import DataError, UserError
 from alexnet.io.metrics_csv import read_metrics
-from alexnet.io.weights import ModelMeta
+from alexnet.io.model_file import ModelMeta, class_labels
+from alexnet.models.layers import run_to_layer
+from alexnet.viz.plots import plot_curves
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,8 +69,6 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    from alexnet.atomic import write_atomic
-
     return write_atomic(Path(path), figure_png(fig))
 
 
@@ -149,10 +151,8 @@ def activations_figure(
     ``max_maps`` feature maps on one shared colour scale (so dead maps look dark), FC layers
     as their units laid out in a square.
 
-    ``image`` is a preprocessed uint8 (C, S, S) crop (see :func:`alexnet.inference.predict.load_image`).
+    ``image`` is a preprocessed uint8 (C, S, S) crop (see :func:`alexnet.data.preprocess.load_image`).
     """
-    from alexnet.inference.predict import normalize, run_to_layer
-
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
@@ -259,8 +259,6 @@ def gradcam_figure(
     layer: str = "conv5",
 ) -> Figure:
     """Three panels: the input crop, the Grad-CAM heat map, and the map over the image."""
-    from alexnet.inference.predict import class_labels, normalize
-
     device = next(model.parameters()).device
     x = normalize(image.unsqueeze(0).to(device), meta)
     with torch.inference_mode():
@@ -306,9 +304,6 @@ def save_gradcam(
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Loss and accuracy curves of a run from its ``metrics.csv`` (see
     :func:`alexnet.viz.plots.plot_curves`), written to ``out_dir`` (default ``run_dir/plots``)."""
-    from alexnet.errors import DataError
-    from alexnet.viz.plots import plot_curves
-
     run_dir = Path(run_dir)
     csv = run_dir / "metrics.csv"
     if not run_dir.is_dir():

@@ -23,6 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.atomic import write_atomic
+from alexnet.viz.figures import figure_png, filters_figure
+from alexnet.viz.plots import plot_confusion, plot_curves
+
 __all__ = ["write_report", "render_report"]
 
 _CSS = """
@@ -210,9 +214,6 @@ def render_report(
     evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
-    from alexnet.viz.figures import figure_png, filters_figure
-    from alexnet.viz.plots import plot_confusion, plot_curves
-
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
         curve_paths = plot_curves(list(history), tmp)
         curves = [(p.stem, p.read_bytes()) for p in curve_paths]
@@ -281,8 +282,6 @@ def write_report(
     ("test" or "validation"), ``top1``, ``top5``, ``loss``, ``num_images``, ``weights``
     (e.g. "best (epoch 3)"); top-1 defaults to the confusion matrix's trace over its sum.
     """
-    from alexnet.atomic import write_atomic
-
     run_dir = Path(run_dir)
     text = render_report(
         title=f"Run report: {config.get('name') or run_dir.name}",

@@ -1,0 +1,158 @@
+"""Evaluating a saved model: ``evaluate_model_file(path, ...)``, what ``alexnet eval`` and
+``alexnet.evaluate`` call. The loop over batches is :func:`alexnet.training.engine.evaluate_loader`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet.data.pipeline import build_pipeline
+from alexnet.errors import UserError
+from alexnet.inference.loading import load_model_file
+from alexnet.io.checkpoint import load_checkpoint
+from alexnet.progress import bar as progress_bar
+from alexnet.runtime import pick_device, resolve_precision
+from alexnet.training.config import TTA_MODES, TrainConfig
+from alexnet.training.engine import evaluate_loader
+from alexnet.viz.plots import plot_confusion
+
+__all__ = ["evaluate_model_file"]
+
+# The settings that choose a run's splits; a model file records them (ModelMeta.data).
+_SPLIT_KEYS = ("train_split", "val_split", "val_fraction", "seed")
+
+
+def evaluate_model_file(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    data: str | Path | None = None,
+    split: str = "test",
+    tta: str = "none",
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int = 2,
+    download: bool = False,
+    output: str | Path | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and confusion matrix of a saved model.
+
+    ``checkpoint`` is a ``model.safetensors``, a training checkpoint (``best.pt``) or an
+    exported ``.onnx``; ``dataset`` a registered name, or ``data`` a folder (imagefolder).
+    With neither, the data the model file records it was trained on (``log`` is called with
+    a line saying so; None: silent). ``split`` is ``val`` or ``test``; when the file records
+    its training data and the dataset is the same, ``val`` is the same held-out images the
+    run validated on. ``output`` writes the confusion matrix as a PNG. Accuracies are
+    percentages; top-1, per-class and the confusion matrix come from one prediction per image.
+    """
+    if split not in ("val", "test"):
+        raise UserError(f"--split must be val or test, got {split!r}")
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta must be none, flip or ten-crop, got {tta!r}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    path = Path(checkpoint)
+    dev = pick_device(device)
+    amp_dtype = resolve_precision(precision, dev)
+    model, meta = load_model_file(path, device=dev)
+    trained_on = _trained_on(path, meta)
+    named = dataset is not None or data is not None
+    if dataset is None:
+        dataset = "imagefolder" if data is not None else trained_on.get("dataset")
+    if dataset is None:
+        raise UserError("say what to evaluate on: --dataset NAME or --data ROOT")
+    same = trained_on.get("dataset") == dataset  # then the run's own splits and sizes
+    if data is None and same:
+        data = trained_on.get("root")
+    if not named and log is not None:
+        where = f"{dataset} ({data})" if data is not None else dataset
+        log(f"evaluating on {where} {split}, the data {path} was trained on")
+    pipe = build_pipeline(
+        dataset,
+        root=str(data) if data is not None else None,
+        download=download,
+        skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
+        **(_run_splits(trained_on) if same else {}),  # else the dataset's defaults
+        image_size=meta.image_size,
+        mean=meta.mean or [0.0],
+        std=meta.std or [1.0],
+        in_channels=meta.in_channels,
+        tta=tta,
+        batch_size=batch_size,
+        device=dev,
+        workers=workers,
+    )
+    chosen = pipe.split(split)
+    if chosen is None:
+        raise UserError(f"{dataset} has no separate test split here; use --split val")
+    if len(pipe.classes) != meta.num_classes:
+        raise UserError(
+            f"{path} predicts {meta.num_classes} classes but {dataset} has "
+            f"{len(pipe.classes)}; evaluate it on the data it was trained for"
+        )
+    loader = pipe.eval_loader(chosen)
+    channels_last = dev.type != "mps"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    bar = progress_bar(total=len(loader), desc=f"eval {split}", unit="batch", enabled=progress)
+    with bar:
+        res = evaluate_loader(
+            model,
+            loader,
+            transform=pipe.eval_tf,
+            device=dev,
+            num_classes=meta.num_classes,
+            amp_dtype=amp_dtype,
+            tta=tta,
+            crop_size=meta.image_size,
+            channels_last=channels_last,
+            bar=bar,
+        )
+    classes = pipe.classes
+    result = {
+        "checkpoint": str(path),
+        "dataset": dataset,
+        "split": split,
+        "tta": tta,
+        "top1": res["top1"],
+        "top5": res["top5"],
+        "loss": res["loss"],
+        "num_images": res["num_images"],
+        "classes": classes,
+        "per_class": {
+            c: (None if math.isnan(a) else a)
+            for c, a in zip(classes, res["per_class"], strict=True)
+        },
+        "confusion": res["confusion"].tolist(),
+    }
+    if output is not None:
+        title = f"{path.name} on {dataset} {split}"
+        result["confusion_png"] = str(
+            plot_confusion(res["confusion"], classes, output, title=title)
+        )
+    return result
+
+
+def _trained_on(path: Path, meta) -> dict[str, Any]:
+    """The data the model was trained on, as the file records it ({} when it does not)."""
+    trained_on = dict(meta.data)  # {} in files written before the data was recorded
+    if not trained_on and path.suffix not in (".safetensors", ".onnx"):
+        cfg = dict(load_checkpoint(path).get("config") or {})  # an older checkpoint's config
+        if cfg.get("dataset"):
+            trained_on = {**cfg, "root": cfg.get("data")}
+    return trained_on
+
+
+def _run_splits(trained_on: dict[str, Any]) -> dict[str, Any]:
+    """The run's own split settings and stored size; a key the file lacks takes
+    TrainConfig's default (the value the run that wrote it used)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    splits = {k: trained_on.get(k, defaults[k]) for k in _SPLIT_KEYS}
+    return {**splits, "load_size": trained_on.get("load_size")}

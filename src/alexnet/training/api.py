@@ -1,0 +1,48 @@
+"""The Python API of training: ``train(recipe=..., **overrides)``, what ``alexnet train`` calls.
+
+Accuracies are percentages. The run itself is :func:`alexnet.training.loop.run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import ConfigError
+from alexnet.training.config import resolve
+from alexnet.training.finish import RunResult
+from alexnet.training.loop import run
+from alexnet.training.resume import resumed_config
+
+# RunResult is defined with the end of the run that builds it (finish.py imports nothing of
+# this module: api -> loop -> finish runs one way).
+__all__ = ["RunResult", "train", "run"]
+
+
+def train(
+    recipe: str | None = None,
+    config: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    argv: list[str] | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Train a model; the same as ``alexnet train`` with the same names.
+
+    ``recipe`` names a bundled recipe (default ``digits`` when neither it nor ``config`` is
+    given), ``config`` is a YAML file of TrainConfig keys, and keyword overrides win over both:
+    ``alexnet.train(recipe="digits", epochs=3)``. ``resume="runs/NAME"`` continues that run
+    (``epochs=N`` changes its length). Returns a :class:`RunResult` with history and paths.
+    """
+    if argv is None:  # provenance records the call itself
+        named = {"recipe": recipe, "config": config, "resume": resume}
+        parts = [f"{k}={v!r}" for k, v in {**named, **overrides}.items() if v is not None]
+        argv = [f"alexnet.train({', '.join(parts)})"]
+    if resume is None:
+        settings = resolve(recipe, config, overrides)
+        return run(settings.config, argv=argv, settings=settings)
+    if recipe is not None or config is not None:
+        raise ConfigError("resume continues a run with its own config; drop recipe/config")
+    run_dir = Path(resume)
+    cfg, settings, old_epochs = resumed_config(run_dir, overrides)
+    return run(cfg, resume_dir=run_dir, argv=argv, old_epochs=old_epochs, settings=settings)

@@ -1,0 +1,195 @@
+"""The end of a run: the best weights on the test split, model.safetensors, the confusion
+matrix, report.html, provenance.json's result (written last: it marks the run finished),
+the summary, and the :class:`RunResult` handed back to the caller."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet.io.checkpoint import load_checkpoint
+from alexnet.io.model_file import save_model_file
+from alexnet.models.loading import load_state_into
+from alexnet.runtime import autocast
+from alexnet.training.config import TrainConfig, config_to_dict
+from alexnet.training.console import say
+from alexnet.training.engine import Diverged
+from alexnet.training.run_folder import RunFolder, write_json
+from alexnet.training.setup import TrainingSetup
+from alexnet.viz import plots  # by module: tests replace its functions
+from alexnet.viz.report import write_report as write_report_html
+
+__all__ = ["RunResult", "finish"]
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced. Accuracies in percent."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_top1: float
+    best_epoch: int
+    test: dict[str, Any] | None  # top1, top5, loss, num_images, per_class on the test split
+    config: TrainConfig
+    wall_time: float
+    images_per_s: float
+    paths: dict[str, Path] = field(default_factory=dict)
+    model: nn.Module | None = None  # the trained model with the weights evaluated on test
+
+    def __repr__(self) -> str:  # the model's repr is pages long: show what a user looks for
+        test = f", test_top1={self.test_top1:.2f}" if self.test is not None else ""
+        return (
+            f"RunResult(run_dir={str(self.run_dir)!r}, best_top1={self.best_top1:.2f}, "
+            f"best_epoch={self.best_epoch}{test}, epochs={len(self.history)})"
+        )
+
+    @property
+    def test_top1(self) -> float | None:
+        return None if self.test is None else self.test["top1"]
+
+
+def finish(
+    setup: TrainingSetup, folder: RunFolder, t_start: float, train_time: float, train_images: int
+) -> RunResult:
+    """Evaluate the best weights on the test split and write the run's final files."""
+    cfg, paths, bundle = setup.cfg, folder.paths, setup.data
+    used = _load_best_weights(setup, folder)
+    if not setup.weights_finite():
+        raise Diverged(
+            "the final weights hold NaN or Inf; nothing was saved (try a lower --lr)",
+            epoch=len(folder.history),
+            step=setup.schedule.step_count,
+            value=float("nan"),
+        )
+    has_test = bundle.test is not None and bundle.test is not bundle.val
+    shown = bundle.test if has_test else bundle.val
+    res = setup.evaluate(setup.eval_loader(shown))
+    test = {k: v for k, v in res.items() if k not in ("confusion", "complete", "time")}
+    wall = time.perf_counter() - t_start
+    ips = train_images / train_time if train_time > 0 else 0.0
+    if folder.writes:
+        save_model_file(paths["model"], setup.model, setup.meta)  # copies the weights to the CPU
+        split_name = "test" if has_test else "validation"
+        if cfg.plots:
+            title = f"{split_name}, {used} weights"
+            plots.plot_confusion(
+                res["confusion"], setup.classes, paths["confusion_plot"], title=title
+            )
+        folder.provenance["result"] = {
+            "best_val_top1": folder.best_top1 if math.isfinite(folder.best_top1) else None,
+            "best_epoch": folder.best_epoch,
+            "weights_evaluated": used,
+            "test": {k: test[k] for k in ("top1", "top5", "loss", "num_images")}
+            if has_test
+            else None,
+            "wall_time_s": round(wall, 2),
+            "train_images_per_s": round(ips, 1),
+            "epochs": cfg.epochs,
+        }
+        try:
+            write_report(setup, folder, shown, res["confusion"])
+        except Exception as e:  # the run's results are saved; a report bug must not hide them
+            say(f"warning: report.html was not written ({type(e).__name__}: {e})")
+        # last: a result in provenance.json marks the run finished (resume.is_finished)
+        write_json(paths["provenance"], folder.provenance)
+        print_summary(setup, folder, test if has_test else None, used, wall, ips)
+    return RunResult(
+        run_dir=folder.path,
+        history=folder.history,
+        best_top1=folder.best_top1,
+        best_epoch=folder.best_epoch,
+        test=test if has_test else None,
+        config=cfg,
+        wall_time=wall,
+        images_per_s=ips,
+        paths=paths,
+        model=setup.model.eval(),
+    )
+
+
+def _load_best_weights(setup: TrainingSetup, folder: RunFolder) -> str:
+    """best.pt's weights into the model on every rank; returns which weights they are."""
+    used, best_path = "final", folder.paths["best"]
+    if folder.writes and best_path.exists():  # rank 0 reads best.pt...
+        best = load_checkpoint(best_path)
+        load_state_into(setup.model, best["model"], str(best_path))
+        used = f"best (epoch {best['epoch']})"
+        del best
+    if setup.dist.is_distributed:  # ...and hands its weights to every rank (no shared disk)
+        used = setup.dist.broadcast_object(used)
+        if used != "final":
+            setup.dist.broadcast_module(setup.model)
+    return used
+
+
+def sample_images(split, n: int = 32) -> tuple[torch.Tensor, list[int]]:
+    """The first ``n`` images of a split as uint8 (n, C, S, S) and their labels."""
+    n = min(n, len(split))
+    if split.images is not None:
+        return split.images[:n].clone(), split.labels[:n].tolist()
+    items = [split.dataset[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
+
+
+def write_report(setup: TrainingSetup, folder: RunFolder, split, confusion: torch.Tensor) -> None:
+    """``report.html`` through :mod:`alexnet.viz.report`."""
+    samples, labels = sample_images(split, 32)
+    setup.model.eval()
+    with torch.inference_mode():
+        x = setup.eval_tf(samples.to(setup.device))
+        if setup.cfg.tta == "ten-crop":  # the report shows plain predictions: centre crop
+            off = (x.shape[-1] - setup.image_size) // 2
+            x = x[..., off : off + setup.image_size, off : off + setup.image_size]
+        with autocast(setup.device, setup.amp_dtype):
+            preds = setup.model(x).argmax(dim=1).cpu().tolist()
+    # the final evaluation, as finish() recorded it in provenance.json: the confusion
+    # matrix's split, its weights and (for a test split) its numbers; top-1 is its trace
+    result = folder.provenance.get("result") or {}
+    tested = result.get("test") or {}
+    evaluation = {
+        "split": "test" if tested else "validation",
+        "weights": result.get("weights_evaluated"),
+        "num_images": int(confusion.sum()),
+        **tested,
+    }
+    write_report_html(
+        folder.path,
+        config=config_to_dict(setup.cfg),
+        history=folder.history,
+        classes=setup.classes,
+        confusion=confusion.numpy(),
+        samples=samples,
+        sample_labels=labels,
+        sample_preds=preds,
+        model=setup.model,
+        evaluation=evaluation,
+    )
+
+
+def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips) -> None:
+    cfg, run_dir = setup.cfg, folder.path
+    last = folder.history[-1] if folder.history else {}
+    lines = ["", f"run {run_dir}"]
+    if math.isfinite(folder.best_top1):
+        lines.append(
+            f"  best val top-1  {folder.best_top1:6.2f}%  (epoch {folder.best_epoch}/{cfg.epochs})"
+        )
+    if last.get("val_top1") is not None:
+        lines.append(f"  final val top-1 {last['val_top1']:6.2f}%  top-5 {last['val_top5']:.2f}%")
+    if test is not None:
+        lines.append(
+            f"  test top-1      {test['top1']:6.2f}%  top-5 {test['top5']:.2f}%  "
+            f"({test['num_images']} images, {used} weights)"
+        )
+    m, s = divmod(wall, 60)
+    lines.append(f"  wall time       {int(m)}m{s:04.1f}s   training speed {ips:.0f} images/s")
+    lines.append(f"  model           {run_dir / 'model.safetensors'}")
+    lines.append(f"  curves, report  {run_dir / 'plots'}, {run_dir / 'report.html'}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,289 @@
+"""A training run from top to bottom: ``run(cfg)``.
+
+    run folder (rank 0) -> setup -> resume position -> provenance, start line
+    -> for each epoch: train, validate, epoch line, metrics.csv / TensorBoard / last.pt, curves
+    -> the end (:mod:`alexnet.training.finish`)
+
+Guarantees (tested in tests/test_train.py and tests/test_reliability*.py):
+- a checkpoint is written only from finite weights, atomically, after the epoch's metrics;
+- Ctrl-C stops after the current step and saves where it stopped (mid-epoch included);
+  ``--resume`` continues from there exactly;
+- a NaN or Inf loss stops training with a :class:`alexnet.training.engine.Diverged` error
+  and nothing is written after it.
+Rank 0 of a distributed group writes every file; a single process is
+:class:`alexnet.training.engine.SingleProcess`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import UserError
+from alexnet.io.checkpoint import restore_rng
+from alexnet.progress import bar as progress_bar
+from alexnet.progress import epoch_line, terminal_width
+from alexnet.runtime import precision_name, seed_everything
+from alexnet.text import plural
+from alexnet.training.config import ResolvedConfig, TrainConfig, describe
+from alexnet.training.console import GracefulStop, say
+from alexnet.training.distributed import fault_point, session, state_digest
+from alexnet.training.engine import SINGLE, Diverged, train_one_epoch
+from alexnet.training.finish import RunResult, finish
+from alexnet.training.resume import START, resume_state
+from alexnet.training.run_folder import RunFolder
+from alexnet.training.setup import TrainingSetup
+from alexnet.training.transfer import is_frozen, unfreeze
+
+__all__ = ["run"]
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    argv: list[str] | None = None,
+    old_epochs: int | None = None,
+    dist: Any = SINGLE,
+    settings: ResolvedConfig | None = None,
+) -> RunResult:
+    """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``.
+
+    Under torchrun the process joins the group (:func:`alexnet.training.distributed.session`)
+    and trains its shard with DDP; rank 0 writes the run folder.
+    """
+    if dist is SINGLE:  # not given: torchrun's group when launched by it, else one process
+        with session(cfg.device) as ctx:
+            return run(
+                cfg,
+                resume_dir=resume_dir,
+                argv=argv,
+                old_epochs=old_epochs,
+                dist=ctx,
+                settings=settings,
+            )
+    t_start = time.perf_counter()
+    setup, folder = _open(cfg, dist, resume_dir)
+    if resume_dir is None:
+        position, note = dict(START), None
+    else:
+        position, note = resume_state(folder, setup, argv, old_epochs)
+    folder.start(argv, note)
+    if dist.is_main:
+        _announce(setup, folder, settings, resuming=note is not None)
+    if position["rng"] is not None:
+        restore_rng(position["rng"])  # last, so nothing above shifts the random streams
+    if dist.rank > 0:  # own augmentation and dropout draws; rank 0 keeps the checkpointed stream
+        seed_everything(cfg.seed + 1_000_003 * dist.rank + position["epoch"])
+    train_time, train_images = _train_epochs(setup, folder, position, t_start)
+    if dist.is_distributed:
+        _record_final_digests(setup, folder)
+    return finish(setup, folder, t_start, train_time, train_images)
+
+
+def _open(cfg: TrainConfig, dist: Any, resume_dir: str | Path | None):
+    """The setup and its run folder. A new folder is made before the setup, so that an
+    unwritable --run-dir fails before any work, and removed again when a setting fails."""
+    created = None
+    if resume_dir is None and dist.is_main:
+        new_parents = RunFolder.new_folders(cfg)
+        created = RunFolder.create(cfg)
+    try:
+        setup = TrainingSetup(cfg, dist)
+    except UserError:
+        if created is not None:  # a setting that cannot work: leave nothing behind
+            RunFolder.remove_unstarted(created, new_parents)
+        raise
+    if resume_dir is not None:
+        return setup, RunFolder(Path(resume_dir), cfg, setup, dist.is_main)
+    # rank 0 named the folder (an automatic name holds the time): every rank takes it
+    path = Path(dist.broadcast_object(str(created) if created is not None else None))
+    cfg = setup.cfg = replace(cfg, name=path.name)
+    return setup, RunFolder(path, cfg, setup, dist.is_main)
+
+
+def _announce(
+    setup: TrainingSetup, folder: RunFolder, settings: ResolvedConfig | None, *, resuming: bool
+) -> None:
+    """The start line, each setting's source, and (DDP) the global batch."""
+    cfg, bundle, dist = setup.cfg, setup.data, setup.dist
+    say(
+        f"{'resuming' if resuming else 'training'} {cfg.model} on {bundle.name} "
+        f"({len(bundle.train)} train / {len(bundle.val)} val images, {len(setup.classes)} "
+        f"classes, {setup.image_size}px) on {setup.device} [{precision_name(setup.amp_dtype)}, "
+        f"{plural(setup.threads, 'thread')}] -> {folder.path}"
+    )
+    if settings is not None:
+        width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+        for line in describe(settings, width=width - 1):
+            say(line)
+    if dist.is_distributed:
+        n, b = dist.world_size, cfg.batch_size
+        say(
+            f"{n} processes ({dist.backend}): batch {b} per process x {n} processes = "
+            f"{b * n} global; learning rate {cfg.lr:g} as given (not scaled)"
+        )
+
+
+def _train_epochs(
+    setup: TrainingSetup, folder: RunFolder, position: dict[str, Any], t_start: float
+) -> tuple[float, int]:
+    """The epochs from ``position`` to the end; returns (training seconds, images trained)."""
+    cfg = setup.cfg
+    train_time, train_images = 0.0, 0
+    with GracefulStop() as stop:
+        try:
+            for epoch in range(position["epoch"] + 1, cfg.epochs + 1):
+                _start_epoch(setup, epoch)
+                lr = setup.schedule.base_lrs[0] * setup.schedule.factor(
+                    (epoch - 1) * setup.steps_per_epoch
+                )
+                with _epoch_bar(setup, epoch, position["step"]) as bar:
+                    stats = _train_epoch(setup, epoch, position, stop, bar)
+                    position["step"], position["totals"] = 0, None
+                    train_time += stats["time"]
+                    train_images += stats["num_images"]
+                    if not stats["complete"]:  # Ctrl-C inside the epoch
+                        _save_interrupted(setup, folder, epoch, stats)
+                    val = _validate(setup, epoch)
+                setup.schedule.epoch_end(val["top1"] if val else None)
+                elapsed = time.perf_counter() - t_start
+                if setup.dist.is_main:  # with or without the bar: a log keeps every number
+                    say(_epoch_line(cfg, epoch, stats, val, elapsed))
+                if not setup.weights_finite():  # never write NaN weights
+                    raise _diverged(setup, folder, f"after epoch {epoch}")
+                folder.end_epoch(_metrics_row(epoch, stats, val, lr, elapsed))
+                if stop.requested and epoch < cfg.epochs:  # Ctrl-C during validation or saving
+                    raise _stopped(folder, f"interrupted after epoch {epoch}")
+        except Diverged as e:
+            last = folder.paths["last"]
+            if last.exists() and "last good checkpoint" not in str(e):
+                e.args = (f"{e}; the last good checkpoint stays at {last}",)
+            raise
+        finally:
+            folder.close()
+    return train_time, train_images
+
+
+def _start_epoch(setup: TrainingSetup, epoch: int) -> None:
+    """The epoch's data order, the fault hook of the tests, unfreezing after N epochs."""
+    cfg, dist = setup.cfg, setup.dist
+    setup.train_loader.set_epoch(epoch)  # the epoch's order: same on every resume
+    fault_point(dist, epoch)  # test hook: ALEXNET_FAULT_RANK (tests only)
+    if cfg.unfreeze_after is None or epoch <= cfg.unfreeze_after or not is_frozen(setup.model):
+        return
+    unfreeze(setup.model)
+    if dist.is_distributed:  # DDP must now sync the unfrozen gradients too
+        setup.wrap()
+    if dist.is_main:
+        say(f"epoch {epoch}: features unfrozen")
+
+
+def _epoch_bar(setup: TrainingSetup, epoch: int, initial: int):
+    """A bar on a terminal only (a log gets the epoch line, no \\r frames)."""
+    return progress_bar(
+        total=setup.steps_per_epoch,
+        initial=initial,
+        desc=f"epoch {epoch}/{setup.cfg.epochs}",
+        unit="batch",
+        enabled=setup.cfg.progress and setup.dist.is_main,
+        numbers_first=True,
+    )
+
+
+def _train_epoch(
+    setup: TrainingSetup, epoch: int, position: dict[str, Any], stop: GracefulStop, bar
+) -> dict[str, Any]:
+    return train_one_epoch(
+        setup.step_model,
+        setup.train_loader,
+        setup.optimizer,
+        setup.step_options,
+        epoch=epoch,
+        start_step=position["step"],
+        totals=position["totals"],
+        should_stop=stop,
+        bar=bar,
+    )
+
+
+def _save_interrupted(
+    setup: TrainingSetup, folder: RunFolder, epoch: int, stats: dict[str, Any]
+) -> None:
+    """Save where Ctrl-C stopped the epoch, then stop (a KeyboardInterrupt)."""
+    if not setup.weights_finite():
+        raise _diverged(setup, folder, "at the interruption")
+    folder.save_interrupted(epoch, stats["steps"], stats["totals"])
+    raise _stopped(folder, f"interrupted in epoch {epoch} after step {stats['steps']}")
+
+
+def _validate(setup: TrainingSetup, epoch: int) -> dict[str, Any] | None:
+    """Validation metrics every ``eval_every`` epochs and after the last (else None)."""
+    # DDP leaves BatchNorm statistics as each rank's last update: take rank 0's,
+    # so every rank validates (and rank 0 saves) one and the same model
+    setup.dist.sync_buffers(setup.model)
+    if epoch % setup.cfg.eval_every == 0 or epoch == setup.cfg.epochs:
+        return setup.evaluate(setup.val_loader)
+    return None
+
+
+def _epoch_line(cfg: TrainConfig, epoch: int, stats, val, elapsed: float) -> str:
+    return epoch_line(
+        epoch,
+        cfg.epochs,
+        loss=stats["loss"],
+        acc=stats["top1"],
+        val_top1=val["top1"] if val else None,
+        val_top5=val["top5"] if val else None,
+        images_per_s=stats["images_per_s"],
+        elapsed=elapsed,
+        width=terminal_width(sys.stdout),
+    )
+
+
+def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float) -> dict[str, Any]:
+    """The epoch's row of metrics.csv (and of every checkpoint's history)."""
+    return {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "train_top1": stats["top1"],
+        "val_loss": val["loss"] if val else None,
+        "val_top1": val["top1"] if val else None,
+        "val_top5": val["top5"] if val else None,
+        "lr": lr,
+        "epoch_time": stats["time"] + (val["time"] if val else 0.0),
+        "images_per_s": stats["images_per_s"],
+        # time to accuracy: with val_top1, the curve `bench time-to-accuracy` reads
+        # (a resumed run counts from its resume)
+        "elapsed": elapsed,
+    }
+
+
+def _diverged(setup: TrainingSetup, folder: RunFolder, where: str) -> Diverged:
+    last = folder.paths["last"]
+    good = f"; the last good checkpoint is {last}" if last.exists() else ""
+    return Diverged(
+        f"training diverged ({where}): the weights hold NaN or Inf (learning rate "
+        f"{setup.schedule.lr:g}); try a lower --lr, e.g. --lr {setup.cfg.lr / 10:g}{good}",
+        epoch=len(folder.history) + 1,
+        step=setup.schedule.step_count,
+        value=float("nan"),
+    )
+
+
+def _stopped(folder: RunFolder, msg: str) -> KeyboardInterrupt:
+    say(f"{msg}; saved {folder.paths['last']}\ncontinue with: alexnet train --resume {folder.path}")
+    return KeyboardInterrupt(f"stopped; resume with --resume {folder.path}")
+
+
+def _record_final_digests(setup: TrainingSetup, folder: RunFolder) -> None:
+    """Every rank's final weights, for provenance (they must be equal)."""
+    dist = setup.dist
+    digests = dist.all_gather_object(state_digest(setup.model))
+    folder.provenance.setdefault("distributed", {})["state_sha256"] = digests
+    if len(set(digests)) > 1 and dist.is_main:
+        say(f"warning: the {dist.world_size} processes ended with different weights")

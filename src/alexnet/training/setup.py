@@ -1,0 +1,245 @@
+"""What one run computes with, built from its config: :class:`TrainingSetup`.
+
+    threads, determinism, seed, device, precision -> data pipeline -> model -> model file
+    metadata -> transfer learning -> optimiser, schedule, loss -> DDP / torch.compile wrappers
+
+Nothing here touches the run folder (:mod:`alexnet.training.run_folder`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet.data.pipeline import build_pipeline
+from alexnet.errors import ConfigError
+from alexnet.io.checkpoint import state_is_finite
+from alexnet.io.model_file import ModelMeta
+from alexnet.models.init import apply_init
+from alexnet.models.loading import load_state_into
+from alexnet.models.registry import get_model, model_info
+from alexnet.runtime import (
+    pick_device,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+    set_threads,
+)
+from alexnet.training.config import TrainConfig
+from alexnet.training.engine import LRSchedule, StepOptions, build_optimizer, evaluate_loader
+from alexnet.training.transfer import apply_transfer
+
+__all__ = ["TrainingSetup", "build_model"]
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The variant with the data's classes and channels, initialised as ``cfg.init`` says
+    (:mod:`alexnet.models.init`)."""
+    kwargs = dict(cfg.model_kwargs)
+    if kwargs.get("num_classes", num_classes) != num_classes:
+        raise ConfigError(
+            f"model_kwargs num_classes={kwargs['num_classes']} but the dataset has "
+            f"{num_classes} classes; leave num_classes out (it comes from the data)"
+        )
+    kwargs.update(num_classes=num_classes, in_channels=in_channels)
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    own_paper_init = cfg.init == "paper" and cfg.model == "alexnet_paper"
+    if own_paper_init:  # the paper's layout initialises itself (bias 1 in some layers)
+        kwargs["paper_init"] = True
+    try:
+        model = get_model(cfg.model, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model_kwargs do not fit {cfg.model}: {e}") from None
+    return model if own_paper_init else apply_init(model, cfg.init)
+
+
+def _model_meta(
+    cfg: TrainConfig, classes: list[str], in_ch: int, image_size: int, pipe
+) -> ModelMeta:
+    """What model.safetensors records besides the weights."""
+    return ModelMeta(
+        variant=cfg.model,
+        num_classes=len(classes),
+        in_channels=in_ch,
+        image_size=image_size,
+        classes=classes,
+        mean=pipe.mean,
+        std=pipe.std,
+        model_kwargs={k: v for k, v in cfg.model_kwargs.items() if k != "num_classes"},
+        data={  # what `alexnet eval MODEL` evaluates on when no dataset is named
+            "dataset": cfg.dataset,
+            "root": cfg.data,
+            "train_split": cfg.train_split,
+            "val_split": cfg.val_split,
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+            "load_size": cfg.load_size,
+            "skip_bad_images": cfg.skip_bad_images,
+        },
+    )
+
+
+class TrainingSetup:
+    """Everything one run computes with, built from a config: device, data, transforms,
+    loaders, model, optimiser, schedule, loss."""
+
+    def __init__(self, cfg: TrainConfig, dist: Any):
+        info = model_info(cfg.model)
+        self.image_size = cfg.image_size or info.native_input_size
+        if self.image_size < info.min_input_size:
+            raise ConfigError(
+                f"image_size {self.image_size} is below {cfg.model}'s minimum of "
+                f"{info.min_input_size}; use --image-size {info.native_input_size} (its native size)"
+            )
+        self.cfg, self.dist = cfg, dist
+        self._set_runtime()
+        self._build_data()
+        self._build_model()
+        self._build_optimisation()
+        self.wrap(sync_bn=cfg.sync_bn)
+
+    def _set_runtime(self) -> None:
+        """Threads, determinism, seed, device, precision."""
+        cfg, dist = self.cfg, self.dist
+        # under torchrun the processes of a machine share its cores unless --threads says
+        self.threads = set_threads(
+            cfg.threads if cfg.threads is not None else dist.default_threads()
+        )
+        set_deterministic(cfg.deterministic)
+        seed_everything(cfg.seed)
+        # one device per process: cuda:LOCAL_RANK (or the CPU) when distributed
+        self.device = dist.device if dist.is_distributed else pick_device(cfg.device)
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        # float16 needs loss scaling; bfloat16 has float32's range and does not
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _build_data(self) -> None:
+        """uint8 images, augmented a batch at a time on the device."""
+        cfg, dist = self.cfg, self.dist
+        with dist.main_first():  # one process per machine downloads and caches, then the rest
+            self.pipeline = build_pipeline(
+                cfg.dataset,
+                root=cfg.data,
+                download=cfg.download,
+                load_size=cfg.load_size,
+                train_split=cfg.train_split,
+                val_split=cfg.val_split,
+                val_fraction=cfg.val_fraction,
+                seed=cfg.seed,
+                skip_bad_images=cfg.skip_bad_images,
+                image_size=self.image_size,
+                mean=cfg.mean,
+                std=cfg.std,
+                in_channels=cfg.model_kwargs.get("in_channels"),
+                augment=cfg.augment,
+                tta=cfg.tta,
+                batch_size=cfg.batch_size,
+                eval_batch_size=max(cfg.batch_size, 256),
+                device=self.device,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                workers=cfg.workers,
+            )
+        pipe = self.pipeline
+        self.data, self.classes = pipe.bundle, pipe.classes
+        self.train_tf, self.eval_tf = pipe.train_tf, pipe.eval_tf
+        self.train_loader, self.eval_loader = pipe.train_loader, pipe.eval_loader
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} leaves no full batch of the {len(self.data.train)} "
+                "training images; use a smaller --batch-size"
+            )
+        self.val_loader = self.eval_loader(self.data.val)
+
+    def _build_model(self) -> None:
+        cfg, in_ch = self.cfg, self.pipeline.in_channels
+        self.model = build_model(cfg, len(self.classes), in_ch).to(self.device)
+        cl = cfg.channels_last
+        self.channels_last = cl if cl is not None else self.device.type != "mps"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.meta = _model_meta(cfg, self.classes, in_ch, self.image_size, self.pipeline)
+
+    def _build_optimisation(self) -> None:
+        """Transfer learning (init weights, frozen features), optimiser, schedule, loss."""
+        cfg = self.cfg
+        groups = None
+        if cfg.init_from is not None or cfg.freeze is not None:
+            groups = apply_transfer(self.model, cfg)
+        self.optimizer = build_optimizer(
+            self.model,
+            name=cfg.optimizer,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            groups=groups,
+        )
+        self.schedule = LRSchedule(
+            self.optimizer,
+            kind=cfg.scheduler,
+            epochs=cfg.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            warmup_epochs=cfg.warmup_epochs,
+            step_size=cfg.step_size,
+            gamma=cfg.gamma,
+            patience=cfg.plateau_patience,
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    @property
+    def step_options(self) -> StepOptions:
+        """How each training step runs (read per epoch: the schedule and scaler are live)."""
+        return StepOptions(
+            transform=self.train_tf,
+            criterion=self.criterion,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            scaler=self.scaler,
+            schedule=self.schedule,
+            channels_last=self.channels_last,
+            grad_clip=self.cfg.grad_clip,
+            dist=self.dist,
+        )
+
+    def wrap(self, *, sync_bn: bool = False) -> None:
+        """The modules that train and evaluate. DDP (several processes) averages gradients;
+        the compiled module and the DDP wrapper share their parameters with self.model, which
+        is what is saved. Call again after unfreezing: DDP syncs only what required grad."""
+        cfg = self.cfg
+        ddp = self.dist.wrap_model(self.model, sync_bn=sync_bn)
+        self.step_model = torch.compile(ddp) if cfg.compile else ddp
+        if ddp is self.model:
+            self.eval_model = self.step_model
+        else:  # evaluation needs no gradient sync: each rank runs the plain model on its shard
+            self.eval_model = torch.compile(self.model) if cfg.compile else self.model
+
+    def evaluate(self, loader, **kw) -> dict[str, Any]:
+        return evaluate_loader(
+            self.eval_model,
+            loader,
+            transform=self.eval_tf,
+            device=self.device,
+            num_classes=len(self.classes),
+            amp_dtype=self.amp_dtype,
+            tta=self.cfg.tta,
+            crop_size=self.image_size,
+            channels_last=self.channels_last,
+            dist=self.dist,
+            **kw,
+        )
+
+    def weights_finite(self) -> bool:
+        return state_is_finite(self.model.state_dict())
+
+    def load_state(self, state: dict[str, Any], source: str) -> None:
+        """Model, optimiser, schedule and scaler from a checkpoint (not the RNG)."""
+        load_state_into(self.model, state["model"], source)  # names a layer that does not fit
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -56,6 +56,21 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     return model if own_paper_init else apply_init(model, cfg.init)
 
 
+def recorded_data(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's data as the model file records it (what `alexnet eval MODEL` evaluates on
+    when no dataset is named); the same keywords build the run's pipeline."""
+    return {
+        "dataset": cfg.dataset,
+        "root": cfg.data,
+        "train_split": cfg.train_split,
+        "val_split": cfg.val_split,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "load_size": cfg.load_size,
+        "skip_bad_images": cfg.skip_bad_images,
+    }
+
+
 def _model_meta(
     cfg: TrainConfig, classes: list[str], in_ch: int, image_size: int, pipe
 ) -> ModelMeta:
@@ -69,16 +84,7 @@ def _model_meta(
         mean=pipe.mean,
         std=pipe.std,
         model_kwargs={k: v for k, v in cfg.model_kwargs.items() if k != "num_classes"},
-        data={  # what `alexnet eval MODEL` evaluates on when no dataset is named
-            "dataset": cfg.dataset,
-            "root": cfg.data,
-            "train_split": cfg.train_split,
-            "val_split": cfg.val_split,
-            "val_fraction": cfg.val_fraction,
-            "seed": cfg.seed,
-            "load_size": cfg.load_size,
-            "skip_bad_images": cfg.skip_bad_images,
-        },
+        data=recorded_data(cfg),
     )
 
 
@@ -120,16 +126,11 @@ class TrainingSetup:
         """uint8 images, augmented a batch at a time on the device."""
         cfg, dist = self.cfg, self.dist
         with dist.main_first():  # one process per machine downloads and caches, then the rest
+            data = recorded_data(cfg)
             self.pipeline = build_pipeline(
-                cfg.dataset,
-                root=cfg.data,
+                data.pop("dataset"),
+                **data,
                 download=cfg.download,
-                load_size=cfg.load_size,
-                train_split=cfg.train_split,
-                val_split=cfg.val_split,
-                val_fraction=cfg.val_fraction,
-                seed=cfg.seed,
-                skip_bad_images=cfg.skip_bad_images,
                 image_size=self.image_size,
                 mean=cfg.mean,
                 std=cfg.std,

@@ -51,7 +51,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # Command-group modules, in the order their commands appear in ``alexnet --help``.
-_GROUPS = ["train", "inspect", "use", "bench"]
+_GROUPS = ["train", "inspect", "use", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

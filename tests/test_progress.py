@@ -22,8 +22,8 @@ from alexnet.inference.evaluate import evaluate_model_file as evaluate_model
 from alexnet.inference.loading import load_model_file
 from alexnet.io.metrics_csv import read_metrics
 from alexnet.io.model_file import ModelMeta, save_model_file
-from alexnet.training.engine import accuracy
-from alexnet.training.engine import evaluate_loader as evaluate
+from alexnet.training.evaluation import evaluate_loader as evaluate
+from alexnet.training.scoring import accuracy
 from alexnet.viz.plots import _curve_figures
 
 CPU = torch.device("cpu")
@@ -199,7 +199,7 @@ def test_run_summary_and_report_agree_with_the_confusion_matrix(tmp_path):
 
 
 def _digits_test_labels() -> list[int]:
-    from alexnet.data.loading import load_data
+    from alexnet.data.bundle import load_data
 
     return load_data("digits").test.labels.tolist()
 

@@ -22,7 +22,9 @@ import torch
 from PIL import Image
 
 from alexnet.data import decode as imagecache
-from alexnet.data.loading import BatchLoader, Split, list_datasets, load_data, read_image
+from alexnet.data.bundle import Split, list_datasets, load_data
+from alexnet.data.decode import read_image
+from alexnet.data.loader import BatchLoader
 from alexnet.errors import DataError
 
 RNG = np.random.default_rng(0)

@@ -221,7 +221,7 @@ def _offline(monkeypatch, partial: bool = False):
 
 @pytest.mark.parametrize("name", DOWNLOADS)
 def test_failed_download_names_the_urls_and_where_each_file_goes(name, tmp_path, monkeypatch):
-    from alexnet.data.loading import load_data
+    from alexnet.data.bundle import load_data
     from alexnet.errors import DataError
 
     _offline(monkeypatch)
@@ -241,7 +241,7 @@ def test_failed_download_names_the_urls_and_where_each_file_goes(name, tmp_path,
 def test_failed_download_keeps_the_users_folder_and_removes_its_partial_files(
     name, tmp_path, monkeypatch
 ):
-    from alexnet.data.loading import load_data
+    from alexnet.data.bundle import load_data
     from alexnet.errors import DataError
 
     _offline(monkeypatch, partial=True)
@@ -256,7 +256,7 @@ def test_failed_download_keeps_the_users_folder_and_removes_its_partial_files(
 
 def test_failed_download_leaves_a_dataset_folder_that_was_there(tmp_path, monkeypatch):
     """flowers-102/jpg/ already unpacked, the .mat files missing: only the partial goes."""
-    from alexnet.data.loading import load_data
+    from alexnet.data.bundle import load_data
     from alexnet.errors import DataError
 
     _offline(monkeypatch, partial=True)

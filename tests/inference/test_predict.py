@@ -13,7 +13,9 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.data.preprocess import BadInput, load_image, normalize
 from alexnet.errors import UserError
-from alexnet.inference.predict import extract_features, load_for_inference, predict
+from alexnet.inference.features import extract_features
+from alexnet.inference.loading import load_for_inference
+from alexnet.inference.predict import predict
 from alexnet.io.model_file import ModelMeta, save_model_file
 from alexnet.models.registry import get_model
 
@@ -308,7 +310,7 @@ def test_features_cli_writes_npz(tmp_path: Path, model_file: Path, capsys) -> No
 
 
 def test_features_of_a_dataset_split(model_file: Path) -> None:
-    from alexnet.data.loading import load_data
+    from alexnet.data.bundle import load_data
 
     model, meta = load_for_inference(checkpoint=model_file)
     fs = extract_features(

@@ -18,7 +18,7 @@ from alexnet.models.registry import (
     model_info,
     register_model,
 )
-from alexnet.models.summary import trace
+from alexnet.models.trace import trace
 
 ALL = list_models()
 

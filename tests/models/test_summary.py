@@ -12,7 +12,9 @@ import pytest
 
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.models.summary import explain, format_trace, summarize, trace
+from alexnet.models.explain import explain
+from alexnet.models.summary import summarize
+from alexnet.models.trace import format_trace, trace
 
 # Dive into Deep Learning's table for its AlexNet on a 1x1x224x224 input.
 D2L_TABLE = [
@@ -172,3 +174,10 @@ def test_cli_summary_errors_exit_2_with_one_line(capsys):
     assert err.count("\n") == 1
     assert main(["summary", "alexnet_cifar", "--input-size", "3", "4", "4"]) == 2
     assert "at least 8x8 pixels, got 4x4" in capsys.readouterr().err
+
+
+def test_input_size_may_be_one_side() -> None:
+    # a learner writes explain("alexnet_paper", 224): the model's own channels, a square image
+    conv1 = explain("alexnet_paper", 224).splitlines()[1]
+    assert conv1.startswith("conv1") and "floor((224 - 11 + 2*0) / 4) + 1 = 54" in conv1
+    assert trace("alexnet_d2l", 224) == trace("alexnet_d2l", (1, 224, 224))

@@ -39,7 +39,7 @@ from reliability_utils import (
 
 import alexnet
 import alexnet.data.augment
-import alexnet.data.loading
+import alexnet.data.bundle
 from alexnet.cli import main
 from alexnet.errors import DataError, UserError, WeightsError
 from alexnet.io.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
@@ -282,7 +282,7 @@ def test_malicious_pickle_never_runs_through_any_loader(
 ) -> None:
     """A pickle whose unpickling would create a marker file: every public loader refuses it
     with one clear line naming the file, and the marker never appears."""
-    from alexnet.inference import loading, predict
+    from alexnet.inference import loading
     from alexnet.io import model_file
     from alexnet.models import loading as model_loading
     from alexnet.training import transfer
@@ -305,7 +305,7 @@ def test_malicious_pickle_never_runs_through_any_loader(
         "load_checkpoint": lambda: load_checkpoint(evil),
         "load_resume_checkpoint": lambda: load_resume_checkpoint(evil.parent),
         "get_model_weights": lambda: get_model("alexnet_cifar", weights=str(evil)),
-        "load_for_inference": lambda: predict.load_for_inference(weights=evil),
+        "load_for_inference": lambda: loading.load_for_inference(weights=evil),
         "init_from": lambda: transfer.load_init_weights(model, str(evil)),
     }
     with pytest.raises(WeightsError) as e:
@@ -348,7 +348,7 @@ def test_malicious_cifar_pickle_never_runs(tmp_path: Path, monkeypatch, evil_fil
     marker = tmp_path / "pwned"
     root = _cifar_tree(tmp_path / "data", marker, evil_file)
     with pytest.raises(DataError) as e:
-        alexnet.data.loading.load_data("cifar10", root=str(root), val_fraction=0)
+        alexnet.data.bundle.load_data("cifar10", root=str(root), val_fraction=0)
     assert evil_file in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists()
 

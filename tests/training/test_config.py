@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from alexnet import runtime
 from alexnet.cli import build_parser
 from alexnet.cli.options import set_value as _set_value
 from alexnet.training.config import (
@@ -261,3 +263,13 @@ def test_set_reads_yaml_values():
     assert _set_value("grad-clip=null") == ("grad_clip", None)
     got = parse_train(["--set", "step_size=5", "--set", "gamma=0.5"])
     assert got["set_"] == [("step_size", 5), ("gamma", 0.5)]
+
+
+def test_cifar10_fast_uses_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
+    # the recipe pinned bf16, which an AVX2-only CPU emulates at a fraction of float32's speed
+    cfg = resolve_config(recipe="cifar10-fast")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    assert runtime.resolve_precision(cfg.precision, cpu) is None  # float32
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert runtime.resolve_precision(cfg.precision, cpu) is torch.bfloat16

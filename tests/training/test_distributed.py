@@ -400,17 +400,17 @@ WATCH_LOADERS = textwrap.dedent(
     # epoch, the sample indices each training loader yields; then runs `alexnet ...`.
     # Also counts the threads no Python code started (gloo's workers) before and after.
     import json, os, sys, threading
-    import alexnet.data.datasets
-    import alexnet.data.loading
+    import alexnet.data.loader
+    import alexnet.data.sources.base
 
     def native_threads():
         if not os.path.isdir("/proc/self/task"):  # Linux only: nothing to count elsewhere
             return 0
         return len(os.listdir("/proc/self/task")) - threading.active_count()
 
-    alexnet.data.datasets.IN_MEMORY_LIMIT = 0
+    alexnet.data.sources.base.IN_MEMORY_LIMIT = 0
     seen = []
-    original = alexnet.data.loading.BatchLoader.__iter__
+    original = alexnet.data.loader.BatchLoader.__iter__
 
     def watched(self):
         if self.shuffle:
@@ -419,7 +419,7 @@ WATCH_LOADERS = textwrap.dedent(
                          "indices": self.indices().tolist(), "n": len(self.split)})
         return original(self)
 
-    alexnet.data.loading.BatchLoader.__iter__ = watched
+    alexnet.data.loader.BatchLoader.__iter__ = watched
     from alexnet.cli import main
 
     before = native_threads()

@@ -11,16 +11,10 @@ from torch import nn
 from alexnet.data.augment import BatchTransform
 from alexnet.errors import UserError
 from alexnet.models.registry import get_model
-from alexnet.training.engine import (
-    Diverged,
-    LRSchedule,
-    StepOptions,
-    accuracy,
-    build_optimizer,
-    correct_topk,
-    train_one_epoch,
-)
-from alexnet.training.engine import evaluate_loader as evaluate
+from alexnet.training.engine import Diverged, StepOptions, train_one_epoch
+from alexnet.training.evaluation import evaluate_loader as evaluate
+from alexnet.training.optim import LRSchedule, build_optimizer
+from alexnet.training.scoring import accuracy, correct_topk
 
 CPU = torch.device("cpu")
 TINY = dict(widths=(8, 8, 16, 16, 16), hidden=32)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from browser import NO_BROWSER, chromium
 from PIL import Image
 
 from alexnet.models.registry import get_model
@@ -95,14 +95,6 @@ def test_report_is_self_contained(report) -> None:
     assert "64.00 (epoch 4)" in text  # best validation top-1
 
 
-def _chromium() -> str | None:
-    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -132,12 +124,9 @@ window.addEventListener('load', function () {
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
-        pytest.skip(
-            "no headless browser: none of chromium, chromium-browser, google-chrome is on PATH; "
-            "on Debian run `sudo apt-get install chromium` (.ci/run does), then run the tests again"
-        )
+        pytest.skip(NO_BROWSER)
     path, n_samples, _ = report
     probe = tmp_path / "probe.html"  # a copy with the check script; report.html stays script-free
     probe.write_text(path.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"))

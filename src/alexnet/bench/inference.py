@@ -34,7 +34,7 @@ from alexnet.inference.export import export_model
 from alexnet.inference.fast_path import prepare_for_inference
 from alexnet.inference.onnx_model import OnnxModel
 from alexnet.io.model_file import ModelMeta
-from alexnet.models.registry import get_model, model_info
+from alexnet.models.registry import ModelInfo, get_model, model_info
 from alexnet.runtime import pick_device, set_threads
 
 __all__ = [
@@ -89,6 +89,79 @@ def bench_inference(
     if size < info.min_input_size:
         raise UserError(f"{model} needs --image-size of at least {info.min_input_size}, got {size}")
 
+    sides = _build_sides(
+        model,
+        info,
+        model_kwargs,
+        seed=seed,
+        batch_size=batch_size,
+        size=size,
+        dev=dev,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        compile_mode=compile_mode,
+    )
+    warm = _warm_up(sides.run_ours, sides.run_baseline, warmup, dev)
+    contenders = {
+        "ours": _timed(sides.run_ours, iters, batch_size, dev),
+        "baseline": _timed(sides.run_baseline, iters, batch_size, dev),
+    }
+    int8_side = _prepare_int8(sides, info.name, size, warm) if int8 else None
+    if int8_side is not None:
+        contenders["int8"] = _timed(int8_side.run, iters, batch_size, dev)
+    rates = interleaved(contenders, rounds)
+
+    roof = _roofline(sides.baseline, sides.x, sides.ours.dtype, dev)
+    common = {
+        "model": model,
+        "batch_size": batch_size,
+        "image_size": size,
+        "rounds": rounds,
+        "iters": iters,
+        "baseline": sides.baseline_name,
+        "gflop": roof.gflop,
+        "env": environment(threads, dev),
+    }
+    records = [_torch_record(rates, common, sides, warm, roof)]
+    if int8_side is not None:
+        records.append(_int8_record(rates, common, int8_side))
+    return records
+
+
+@dataclass
+class _Sides:
+    """Both contestants on one input batch: ours prepared, the baseline eager float32."""
+
+    ours: Callable  # prepare_for_inference's runner (dtype, describe())
+    baseline: nn.Module
+    baseline_name: str
+    x: torch.Tensor  # (B, C, H, W) float32 NCHW, on the device
+    in_channels: int
+
+    def run_ours(self) -> torch.Tensor:
+        return self.ours(self.x)
+
+    def run_baseline(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.baseline(self.x)
+
+
+def _build_sides(
+    model: str,
+    info: ModelInfo,
+    model_kwargs: dict | None,
+    *,
+    seed: int,
+    batch_size: int,
+    size: int,
+    dev: torch.device,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    compile_mode: str | None,
+) -> _Sides:
+    """The model (random weights from ``seed``), its baseline sharing them, one input batch."""
     torch.manual_seed(seed)
     net = get_model(model, **(model_kwargs or {})).eval()
     baseline, baseline_name = eager_fp32_baseline(net, model, model_kwargs, info)
@@ -103,80 +176,21 @@ def bench_inference(
         compile=compile,
         compile_mode=compile_mode,
     )
-    del net
+    return _Sides(ours, baseline, baseline_name, x, in_ch)
 
-    def run_ours() -> torch.Tensor:
-        return ours(x)
 
-    def run_baseline() -> torch.Tensor:
-        with torch.no_grad():
-            return baseline(x)
+def _timed(
+    fn: Callable[[], torch.Tensor], iters: int, batch_size: int, dev: torch.device
+) -> Callable[[], int]:
+    """One timed unit of a round: ``iters`` batches, synchronised; returns images done."""
 
-    warm = _warm_up(run_ours, run_baseline, warmup, dev)
+    def work() -> int:
+        for _ in range(iters):
+            fn()
+        sync(dev)
+        return iters * batch_size
 
-    def timed(fn: Callable[[], torch.Tensor]) -> Callable[[], int]:
-        def work() -> int:
-            for _ in range(iters):
-                fn()
-            sync(dev)
-            return iters * batch_size
-
-        return work
-
-    contenders = {"ours": timed(run_ours), "baseline": timed(run_baseline)}
-    if int8:
-        t0 = time.perf_counter()
-        run_int8 = _int8_runner(baseline, info.name, size, in_ch, x)
-        int8_prepare = time.perf_counter() - t0
-        int8_err = _rel_err(run_int8(), warm.ref)
-        contenders["int8"] = timed(run_int8)
-    rates = interleaved(contenders, rounds)
-
-    base_ips = statistics.median(rates["baseline"])
-    roof = _roofline(baseline, x, ours.dtype, dev)
-    common = {
-        "model": model,
-        "batch_size": batch_size,
-        "image_size": size,
-        "rounds": rounds,
-        "iters": iters,
-        "baseline": baseline_name,
-        "gflop": roof.gflop,
-        "env": environment(threads, dev),
-    }
-    records = [
-        _record(
-            rates,
-            "ours",
-            "torch",
-            common,
-            **ours.describe(),
-            max_rel_err=round(warm.rel_err, 5),
-            matmul_peak_gflops_fp32=round(roof.peak_fp32, 1),
-            matmul_peak_gflops_ours=round(roof.peak_ours, 1),
-            ceiling_speedup=round(roof.peak_ours / (base_ips * roof.gflop), 3),
-            warmup_s=round(warm.ours_s, 2),
-            baseline_warmup_s=round(warm.baseline_s, 2),
-        )
-    ]
-    if int8:
-        records.append(
-            _record(
-                rates,
-                "int8",
-                "onnxruntime-int8",
-                common,
-                precision="int8",
-                weights="int8 per channel, uint8 activations (static, QDQ)",
-                channels_last=False,
-                compile=False,
-                compile_mode=None,
-                freezing=False,
-                max_rel_err=round(int8_err, 5),
-                warmup_s=round(int8_prepare, 2),  # export + quantization + session
-            )
-        )
-    return records
+    return work
 
 
 @dataclass
@@ -254,6 +268,55 @@ def _record(rates: dict, key: str, path: str, common: dict, **specific) -> dict:
         "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
         **common["env"],
     }
+
+
+def _torch_record(rates: dict, common: dict, sides: _Sides, warm: _WarmUp, roof: _Roofline) -> dict:
+    """Our PyTorch path's record, with the roofline it is measured against."""
+    base_ips = statistics.median(rates["baseline"])
+    return _record(
+        rates,
+        "ours",
+        "torch",
+        common,
+        **sides.ours.describe(),
+        max_rel_err=round(warm.rel_err, 5),
+        matmul_peak_gflops_fp32=round(roof.peak_fp32, 1),
+        matmul_peak_gflops_ours=round(roof.peak_ours, 1),
+        ceiling_speedup=round(roof.peak_ours / (base_ips * roof.gflop), 3),
+        warmup_s=round(warm.ours_s, 2),
+        baseline_warmup_s=round(warm.baseline_s, 2),
+    )
+
+
+@dataclass
+class _Int8Side:
+    run: Callable[[], torch.Tensor]
+    prepare_s: float  # export + quantization + session
+    rel_err: float  # against the baseline's warm-up logits
+
+
+def _prepare_int8(sides: _Sides, variant: str, size: int, warm: _WarmUp) -> _Int8Side:
+    t0 = time.perf_counter()
+    run = _int8_runner(sides.baseline, variant, size, sides.in_channels, sides.x)
+    prepare_s = time.perf_counter() - t0
+    return _Int8Side(run, prepare_s, _rel_err(run(), warm.ref))
+
+
+def _int8_record(rates: dict, common: dict, side: _Int8Side) -> dict:
+    return _record(
+        rates,
+        "int8",
+        "onnxruntime-int8",
+        common,
+        precision="int8",
+        weights="int8 per channel, uint8 activations (static, QDQ)",
+        channels_last=False,
+        compile=False,
+        compile_mode=None,
+        freezing=False,
+        max_rel_err=round(side.rel_err, 5),
+        warmup_s=round(side.prepare_s, 2),  # export + quantization + session
+    )
 
 
 def int8_available() -> bool:

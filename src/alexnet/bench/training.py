@@ -1,7 +1,7 @@
 """``alexnet bench train``: end-to-end training on an image folder, ours against the
 tutorials' loop (:class:`alexnet.bench.baselines.TutorialTrainingLoop`).
 
-Ours: a uint8 cache decoded once, :class:`alexnet.data.loading.BatchLoader`, batched
+Ours: a uint8 cache decoded once, :class:`alexnet.data.loader.BatchLoader`, batched
 augmentation with :class:`alexnet.data.augment.BatchTransform`, channels_last + bf16,
 :func:`alexnet.training.engine.train_one_epoch`.
 """
@@ -26,12 +26,13 @@ from alexnet.bench.baselines import (
     describe_seed_loop,
 )
 from alexnet.bench.harness import environment, forever, format_table, summarize, sync
-from alexnet.data.loading import load_data
+from alexnet.data.bundle import load_data
 from alexnet.data.pipeline import Pipeline, build_pipeline
 from alexnet.errors import UserError
 from alexnet.models.registry import get_model
 from alexnet.runtime import pick_device, precision_name, resolve_precision, set_threads
-from alexnet.training.engine import StepOptions, build_optimizer, train_one_epoch
+from alexnet.training.engine import StepOptions, train_one_epoch
+from alexnet.training.optim import build_optimizer
 
 __all__ = ["OUR_AUGMENT", "bench_train", "format_train_table"]
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet.bench.inference import (
+    DEFAULT_INFERENCE_COMPILE,
+    bench_inference,
+    format_inference_table,
+    int8_available,
+)
+from alexnet.bench.time_to_accuracy import bench_time_to_accuracy, format_time_to_accuracy
+from alexnet.bench.training import bench_train, format_train_table
 from alexnet.cli.options import (
     add_device,
     add_json,
@@ -14,6 +22,7 @@ from alexnet.cli.options import (
     json_object,
 )
 from alexnet.errors import UserError
+from alexnet.serve import require_serve_dependencies
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,8 +52,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from alexnet.bench.inference import DEFAULT_INFERENCE_COMPILE
-
     bench = subparsers.add_parser(
         "bench",
         help="benchmarks: our inference and training paths against the usual baselines",
@@ -125,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     _register_time_to_accuracy(sub)
+    _register_serve(sub)
 
 
 def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
@@ -158,8 +166,6 @@ def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
-    from alexnet.bench.time_to_accuracy import bench_time_to_accuracy, format_time_to_accuracy
-
     check_positive(epochs=args.epochs)
     if not 0 < args.target <= 100:
         raise UserError(f"--target is a top-1 percentage in (0, 100], got {args.target}")
@@ -181,14 +187,84 @@ def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="requests/s and latency of alexnet serve vs a naive server (one fp32 forward per request)",
+        description="Start alexnet serve (fast path, micro-batching) and a naive baseline (the same "
+        "app answering each request with its own float32 eager forward) on loopback ports, and a "
+        "load generator (bounded in requests and time) posting JPEGs from N concurrent clients; "
+        "levels and servers interleaved over rounds. Default model: torchvision's alexnet at 224 px "
+        "(ImageNet weights where cached, else random weights). Needs the serve extra.",
+    )
+    p.add_argument("--checkpoint", metavar="FILE", help="model file or .onnx (default: alexnet)")
+    p.add_argument(
+        "--concurrency",
+        default="1,8,32",
+        metavar="N,N,...",
+        help="concurrent clients per level (default: 1,8,32)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=8.0, help="seconds per level and round (default: 8)"
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=2000,
+        help="requests per level and round at most (default: 2000)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    p.add_argument("--max-batch", type=int, default=32, help="our images per pass (default: 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="our batching wait (default: 5)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: one per core)"
+    )
+    add_json(p, help="print one JSON object per level")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    require_serve_dependencies()
+    try:
+        levels = [int(v) for v in args.concurrency.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(
+            f"--concurrency takes numbers such as 1,8,32, got {args.concurrency!r}"
+        ) from None
+    check_positive(
+        rounds=args.rounds,
+        max_requests=args.max_requests,
+        max_batch=args.max_batch,
+        threads=args.threads,
+    )
+    if args.duration <= 0:
+        raise UserError(f"--duration must be more than 0 seconds, got {args.duration}")
+    # imported here: it brings fastapi and uvicorn (the serve extra, ~2 s to import)
+    from alexnet.bench.serve import bench_serve, format_serve_table
+
+    records = bench_serve(
+        args.checkpoint,
+        concurrency=levels,
+        duration_s=args.duration,
+        max_requests=args.max_requests,
+        rounds=args.rounds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        threads=args.threads,
+    )
+    if args.json:
+        print("\n".join(json.dumps(r) for r in records), flush=True)
+    else:
+        print(format_serve_table(records), flush=True)
+    return 0
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 0
 
 
 def cmd_inference(args: argparse.Namespace) -> int:
-    from alexnet.bench.inference import bench_inference, format_inference_table, int8_available
-
     check_positive(
         batch_size=args.batch_size,
         rounds=args.rounds,
@@ -223,8 +299,6 @@ def cmd_inference(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from alexnet.bench.training import bench_train, format_train_table
-
     check_positive(
         batch_size=args.batch_size,
         rounds=args.rounds,

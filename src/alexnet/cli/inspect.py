@@ -9,7 +9,10 @@ import json
 import torch
 
 from alexnet.errors import UserError
-from alexnet.models.registry import count_parameters, list_models, model_info
+from alexnet.models.explain import explain
+from alexnet.models.registry import count_parameters, get_model, list_models, model_info
+from alexnet.models.summary import summarize
+from alexnet.models.trace import format_trace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--explain",
         action="store_true",
-        help="also show floor((W - K + 2P) / S) + 1 for every conv and pool",
+        help="also show floor((W - K + 2P) / S) + 1 for every conv and pool, and each layer's "
+        "receptive field, mult-adds, activation memory and mult-adds per byte",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="images per batch for --explain's memory figures (default 1)",
     )
     p.set_defaults(func=cmd_summary)
 
@@ -108,12 +118,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from alexnet.models.registry import get_model
-    from alexnet.models.summary import explain, format_trace, summarize
-
     info = model_info(args.variant)  # unknown names fail here, with close matches
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if args.batch_size is not None and not args.explain:
+        raise UserError("--batch-size applies to --explain's memory figures; add --explain")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = get_model(info.name, **kwargs)  # built once for all three views
     size = tuple(args.input_size) if args.input_size else None
@@ -123,5 +134,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(format_trace(model, size))
     if args.explain:
         print()
-        print(explain(model, size))
+        batch = 1 if args.batch_size is None else args.batch_size
+        print(explain(model, size, batch_size=batch))
     return 0

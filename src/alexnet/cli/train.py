@@ -1,4 +1,5 @@
-"""``alexnet train``, ``alexnet eval`` and ``alexnet recipes``: parse, then call the library.
+"""``alexnet train``, ``alexnet lr-find``, ``alexnet eval`` and ``alexnet recipes``: parse,
+then call the library. ``lr-find`` takes train's flags (:func:`_add_train_options`).
 
 Every training flag defaults to "not given" (argparse.SUPPRESS), so only what the user typed
 overrides the recipe or config file; ``--set KEY=VALUE`` reaches any other TrainConfig key.
@@ -9,12 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from alexnet.cli.options import add_device, add_json, add_precision, add_set
-from alexnet.training.config import OPTIMIZERS, SCHEDULERS, TTA_MODES, ConfigError
+from alexnet.inference.evaluate import evaluate_model_file as evaluate
+from alexnet.training.api import lr_find, train
+from alexnet.training.config import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    TTA_MODES,
+    ConfigError,
+    list_recipes,
+    load_recipe,
+)
+from alexnet.training.distributed import ENV_LAUNCHER, launch
 
 S = argparse.SUPPRESS
 
@@ -29,6 +42,46 @@ def _add_train(sub) -> None:
         ),
         argument_default=S,
     )
+    _add_train_options(p)
+    p.set_defaults(func=_train)
+
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser(
+        "lr-find",
+        help="the learning-rate range test: plot loss against lr, suggest a --lr",
+        description=(
+            "Train with the learning rate growing exponentially from --start-lr to --end-lr "
+            "over --steps optimiser steps (Smith 2015, fastai's lr_find), stop when the loss "
+            "diverges, write the loss-vs-lr plot and print a suggested --lr (the rate at the "
+            "lowest smoothed loss / 10) with the `alexnet train` line that uses it. Takes "
+            "train's flags, except those the sweep replaces (--lr, --epochs, --scheduler, "
+            "--warmup-epochs, --ema, --patience, --min-delta, --tta, --resume)."
+        ),
+        argument_default=S,
+    )
+    g = p.add_argument_group("the sweep")
+    g.add_argument("--steps", type=int, help="optimiser steps of the sweep (default 100)")
+    g.add_argument("--start-lr", type=float, help="the first rate (default 1e-7)")
+    g.add_argument("--end-lr", type=float, help="the last rate (default 10)")
+    g.add_argument(
+        "--output", metavar="PNG", help="the plot (default RUN_DIR/lr-find-RECIPE-DATASET.png)"
+    )
+    _add_train_options(p)
+    p.set_defaults(func=_lr_find)
+
+
+def _add_train_options(p) -> None:
+    """Every flag of ``alexnet train``, shared by ``alexnet lr-find``."""
+    _what_to_train_options(p)
+    _optimisation_options(p)
+    _regularisation_options(p)
+    _speed_options(p)
+    _scale_out_options(p)
+    _output_options(p)
+
+
+def _what_to_train_options(p) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--recipe", help="a bundled recipe (see `alexnet recipes`)")
     g.add_argument("--config", metavar="FILE", help="a YAML file of TrainConfig keys")
@@ -40,6 +93,9 @@ def _add_train(sub) -> None:
     g.add_argument("--image-size", type=int, help="network input size (default: native)")
     g.add_argument("--val-fraction", type=float, help="share of train held out for validation")
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images")
+
+
+def _optimisation_options(p) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument(
@@ -55,7 +111,48 @@ def _add_train(sub) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--weight-decay", type=float, help="not applied to biases and norm layers")
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument(
+        "--accumulate",
+        type=int,
+        metavar="N",
+        help="sum the gradients of N batches per optimiser step (effective batch N x batch size)",
+    )
     g.add_argument("--tta", choices=list(TTA_MODES), help="test-time augmentation")
+
+
+def _regularisation_options(p) -> None:
+    g = p.add_argument_group("regularisation, averaging, early stopping")
+    g.add_argument(
+        "--augment",
+        nargs="+",
+        metavar="OP",
+        help="the batch augmentation ops, replacing the recipe's, e.g. random_crop:4 hflip "
+        "randaugment (also randaugment:OPS,MAGNITUDE, trivialaugment, rotate:DEG, cutout:SIZE, ...)",
+    )
+    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA)")
+    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA)")
+    g.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep a moving average of the weights (e.g. 0.999), validate it each epoch and "
+        "keep the better of it and the raw weights",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="stop after N validated epochs without a better val top-1; keep the best weights",
+    )
+    g.add_argument(
+        "--min-delta",
+        type=float,
+        metavar="POINTS",
+        help="with --patience: the val top-1 gain (percentage points) that counts (default 0)",
+    )
+
+
+def _speed_options(p) -> None:
     g = p.add_argument_group("where and how fast")
     add_device(g, default=None, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     add_precision(g, default=None)
@@ -65,6 +162,9 @@ def _add_train(sub) -> None:
     g.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
     g.add_argument("--workers", type=int, help="DataLoader workers for streamed datasets")
     g.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+
+
+def _scale_out_options(p) -> None:
     g = p.add_argument_group(
         "several processes (PyTorch DDP through torchrun; see docs/scaling.md)",
         "--lr is used as given: scale it yourself when the global batch grows.",
@@ -87,6 +187,9 @@ def _add_train(sub) -> None:
         action="store_true",
         help="SyncBatchNorm: BatchNorm statistics over the global batch (CUDA only)",
     )
+
+
+def _output_options(p) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     g.add_argument("--name", help="run folder name (default: <recipe>-<dataset>-<time>)")
@@ -94,32 +197,13 @@ def _add_train(sub) -> None:
     add_set(
         g, help="any other TrainConfig key, VALUE in YAML (e.g. --set model_kwargs='{hidden: 64}')"
     )
-    p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from alexnet.training.api import train
-
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    launcher = {
-        k: given.pop(k) for k in ("nproc", "nnodes", "node_rank", "rdzv_endpoint") if k in given
-    }
-    if _wants_launch(launcher):
-        from alexnet.training.distributed import launch
-
-        raw = sys.argv[1:]
-        if "train" not in raw:  # called as main([...]) from Python: sys.argv is not the command
-            raise ConfigError(
-                "--nproc works from the command line; in Python call "
-                "alexnet.training.distributed.launch(nproc, ['train', ...])"
-            )
-        return launch(
-            launcher.get("nproc", 1),
-            raw,
-            nnodes=launcher.get("nnodes", 1),
-            node_rank=launcher.get("node_rank"),
-            rdzv_endpoint=launcher.get("rdzv_endpoint"),
-        )
+    launched = _maybe_launch(given, "train")
+    if launched is not None:
+        return launched
     recipe = given.pop("recipe", None)
     config = given.pop("config", None)
     resume = given.pop("resume", None)
@@ -131,13 +215,48 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lr_find(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    launched = _maybe_launch(given, "lr-find")
+    if launched is not None:
+        return launched
+    if "resume" in given:
+        raise ConfigError("--resume does not apply to lr-find (it starts no run); drop it")
+    sweep = {k: given.pop(k) for k in ("steps", "start_lr", "end_lr", "output") if k in given}
+    recipe = given.pop("recipe", None)
+    config = given.pop("config", None)
+    overrides = dict(given.pop("set_", None) or [])
+    overrides.update(given)
+    lr_find(recipe, config, argv=["alexnet", *sys.argv[1:]], **sweep, **overrides)
+    return 0
+
+
+def _maybe_launch(given: dict[str, Any], command: str) -> int | None:
+    """Take the launcher flags out of ``given``; when they ask for several processes, run
+    ``command`` through torchrun and return its exit status (else None: run it here)."""
+    launcher = {
+        k: given.pop(k) for k in ("nproc", "nnodes", "node_rank", "rdzv_endpoint") if k in given
+    }
+    if not _wants_launch(launcher):
+        return None
+    raw = sys.argv[1:]
+    if command not in raw:  # called as main([...]) from Python: sys.argv is not the command
+        raise ConfigError(
+            "--nproc works from the command line; in Python call "
+            f"alexnet.training.distributed.launch(nproc, ['{command}', ...])"
+        )
+    return launch(
+        launcher.get("nproc", 1),
+        raw,
+        nnodes=launcher.get("nnodes", 1),
+        node_rank=launcher.get("node_rank"),
+        rdzv_endpoint=launcher.get("rdzv_endpoint"),
+    )
+
+
 def _wants_launch(launcher: dict[str, Any]) -> bool:
     """True when the launcher flags ask for more than this one process and this process was
     not itself started by ``--nproc`` (its workers may still see the flags)."""
-    import os
-
-    from alexnet.training.distributed import ENV_LAUNCHER
-
     if not launcher or os.environ.get(ENV_LAUNCHER):
         return False
     return (
@@ -151,7 +270,9 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="accuracy of a trained model on a dataset split",
-        description="Top-1, top-5, per-class accuracy and a confusion matrix of a saved model.",
+        description="Top-1, top-5, per-class precision, recall and F1, a confusion matrix and "
+        "its most-confused pairs of a saved model; --worst K adds a picture of the K images "
+        "of highest loss (the mistakes to look at first).",
     )
     p.add_argument(
         "--checkpoint",
@@ -172,20 +293,32 @@ def _add_eval(sub) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--download", action="store_true")
     p.add_argument("--output", metavar="PNG", help="confusion matrix image (default: printed path)")
+    p.add_argument(
+        "--worst",
+        type=int,
+        metavar="K",
+        help="list the K images of highest loss and draw them as the model saw them, "
+        "with true and predicted class and probability",
+    )
+    p.add_argument(
+        "--worst-output",
+        metavar="PNG",
+        help="where --worst draws them (default: next to the model, NAME-SPLIT-worst.png)",
+    )
     add_json(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from alexnet.inference.evaluate import evaluate_model_file as evaluate
-
     output = args.output
     if output is None:
         ck = Path(args.checkpoint)
         output = ck.with_name(f"{ck.stem}-{args.split}-confusion.png")
+    worst_output = args.worst_output
+    if worst_output is None and args.worst is not None:
+        ck = Path(args.checkpoint)
+        worst_output = ck.with_name(f"{ck.stem}-{args.split}-worst.png")
     res = evaluate(
         args.checkpoint,
         dataset=args.dataset,
@@ -198,6 +331,8 @@ def _eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         download=args.download,
         output=output,
+        worst=args.worst,
+        worst_output=worst_output,
         progress=not (args.json or args.no_progress),
         # stdout holds only the JSON object with --json: the note goes to stderr
         log=(lambda line: print(line, file=sys.stderr)) if args.json else print,
@@ -210,17 +345,46 @@ def _eval(args: argparse.Namespace) -> int:
         f"tta {res['tta']})"
     )
     print(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}")
-    per = res["per_class"]
-    width = max(len(c) for c in per) if per else 5
-    shown = list(per.items())
-    if len(shown) > 20:  # the 10 worst and 10 best classes fit on a screen
-        ordered = sorted(shown, key=lambda kv: -1 if kv[1] is None else kv[1])
-        shown = ordered[:10] + [("...", None)] + ordered[-10:]
-    print("  per class:")
-    for name, acc in shown:
-        print(f"    {name:<{width}}  {'-' if acc is None else f'{acc:6.2f}%'}")
+    _print_per_class(res)
+    if res["most_confused"]:
+        print("  most confused (true -> predicted: images):")
+        for pair in res["most_confused"]:
+            print(f"    {pair['true']} -> {pair['predicted']}: {pair['count']}")
     print(f"  confusion matrix: {res['confusion_png']}")
+    if "worst" in res:
+        print(f"  the {len(res['worst'])} images of highest loss:")
+        for w in res["worst"]:
+            where = w.get("path", f"#{w['index']}")
+            print(
+                f"    loss {w['loss']:6.3f}  true {w['true']}, predicted {w['predicted']} "
+                f"({w['prob']:.2f})  {where}"
+            )
+        if "worst_png" in res:
+            print(f"  worst images: {res['worst_png']}")
     return 0
+
+
+def _print_per_class(res: dict[str, Any]) -> None:
+    """Recall (the per-class accuracy), precision, F1 and images of each class, in percent;
+    with more than 20 classes the 10 of lowest and highest recall."""
+    names = list(res["per_class"])
+    width = max([len(c) for c in names] + [6])
+    if len(names) > 20:  # the 10 worst and 10 best classes fit on a screen
+        names = sorted(names, key=lambda c: -1 if res["recall"][c] is None else res["recall"][c])
+        names = names[:10] + ["..."] + names[-10:]
+
+    def pct(v: float | None) -> str:
+        return f"{'-' if v is None else f'{v:.2f}%':>9}"
+
+    print(f"{'  per class:':<{width + 6}}{'recall':>9}{'precision':>10}{'F1':>9}{'images':>8}")
+    for c in names:
+        if c == "...":
+            print(f"    {c}")
+            continue
+        print(
+            f"    {c:<{width}}  {pct(res['recall'][c])} {pct(res['precision'][c])}"
+            f"{pct(res['f1'][c])}{res['images_per_class'][c]:>8}"
+        )
 
 
 def _finite(o: Any) -> Any:
@@ -241,8 +405,6 @@ def _add_recipes(sub) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from alexnet.training.config import list_recipes, load_recipe
-
     for name in list_recipes():
         data = load_recipe(name)
         pub = data.get("published") or {}
@@ -265,5 +427,6 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     _add_train(sub)
+    _add_lr_find(sub)
     _add_eval(sub)
     _add_recipes(sub)

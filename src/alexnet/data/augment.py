@@ -6,8 +6,9 @@ over samples in Python. Geometry (rotation, crop, resize, flips) is one resample
 crops and flips are pure indexing into the uint8 batch; anything that scales or rotates
 builds one affine grid per sample for ``grid_sample``.
 
-Ops apply in a fixed order whatever the order of the list: geometry, then colour
-(jitter, PCA lighting), then normalisation, then cutout (which blanks to the mean).
+Ops apply in a fixed order whatever the order of the list: geometry, then RandAugment or
+TrivialAugmentWide (torchvision.transforms.v2 on the uint8 batch), then colour (jitter, PCA
+lighting), then normalisation, then cutout (which blanks to the mean).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from alexnet.errors import ConfigError
 
-__all__ = ["Op", "parse_ops", "BatchTransform", "ten_crop", "OP_FORMS"]
+__all__ = ["AUTO_AUGMENT_GROUPS", "Op", "parse_ops", "BatchTransform", "ten_crop", "OP_FORMS"]
 
 # How each op is written; shown when an op is not understood.
 OP_FORMS = {
@@ -34,7 +36,13 @@ OP_FORMS = {
     "color_jitter": "color_jitter:B,C,S (or one value for all three)",
     "pca_lighting": "pca_lighting[:STD]",
     "cutout": "cutout:SIZE",
+    "randaugment": "randaugment[:OPS,MAGNITUDE] (default 2,9; magnitude 0-30)",
+    "trivialaugment": "trivialaugment",
 }
+
+# RandAugment / TrivialAugmentWide draw one op per call: a batch is cut into this many groups
+# (slices of the shuffled batch), each with its own draw (see BatchTransform._auto_augment).
+AUTO_AUGMENT_GROUPS = 32
 
 # AlexNet's PCA colour noise: eigenvalues / eigenvectors of ImageNet's RGB covariance, in
 # [0, 1] pixel units (the values fb.resnet.torch and most reimplementations use).
@@ -130,6 +138,16 @@ def _parse_one(text: str) -> Op:
         if std < 0:
             raise bad("STD must be >= 0")
         return Op(name, (std,), text)
+    if name == "randaugment":
+        v = _numbers(text, raw, (0, 2), "the number of ops and a magnitude")
+        ops, magnitude = (v[0], v[1]) if v else (2, 9)
+        if ops < 1 or ops != int(ops) or not 0 <= magnitude <= 30 or magnitude != int(magnitude):
+            raise bad("OPS must be a whole number >= 1 and MAGNITUDE a whole number in 0-30")
+        return Op(name, (int(ops), int(magnitude)), text)
+    if name == "trivialaugment":
+        if raw:
+            raise bad("takes no arguments")
+        return Op(name, (), text)
     # cutout
     v = _numbers(text, raw, (1,), "one size in pixels")
     if v[0] < 1 or v[0] != int(v[0]):
@@ -148,6 +166,8 @@ def parse_ops(ops: Sequence[str]) -> list[Op]:
             raise ConfigError(f"augment op {n} is listed {names.count(n)} times; give it once")
     if "random_crop" in names and "random_resized_crop" in names:
         raise ConfigError("augment ops random_crop and random_resized_crop exclude each other")
+    if "randaugment" in names and "trivialaugment" in names:
+        raise ConfigError("augment ops randaugment and trivialaugment exclude each other")
     return parsed
 
 
@@ -202,6 +222,12 @@ class BatchTransform:
         self.std = _per_channel(std, in_channels, out_channels, "std")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, got {self.std}")
+        self.auto = None  # RandAugment or TrivialAugmentWide of torchvision.transforms.v2
+        if "randaugment" in self.by_name:
+            ops, magnitude = self.by_name["randaugment"].args
+            self.auto = v2.RandAugment(num_ops=ops, magnitude=magnitude)
+        elif "trivialaugment" in self.by_name:
+            self.auto = v2.TrivialAugmentWide()
 
     def __repr__(self) -> str:
         ops = [o.text for o in self.ops] if self.train else "eval"
@@ -217,6 +243,8 @@ class BatchTransform:
         # Pixels stay in 0..255 units until normalisation (saves a pass); the geometry gives
         # uint8 when it only indexes, float when it resamples.
         y = self._geometry(x) if self.train else self._eval_frame(x)  # (B, C_in, out, out)
+        if self.train and self.auto is not None:
+            y = self._auto_augment(y)
         if self.in_channels == 1 and self.out_channels == 3:
             y = y.expand(-1, 3, -1, -1)
         y = y.contiguous(memory_format=torch.channels_last)  # every later op keeps this layout
@@ -353,6 +381,21 @@ class BatchTransform:
             out,
         )
         return F.grid_sample(y, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+    def _auto_augment(self, y: torch.Tensor) -> torch.Tensor:
+        """RandAugment / TrivialAugmentWide on the uint8 batch, per group of images.
+
+        torchvision's v2 ops take a batch but draw one op (and magnitude) per call, so one
+        call would give every image of the batch the same op. One call per image would be
+        per-sample, at B calls per batch; AUTO_AUGMENT_GROUPS groups keep the number of
+        calls fixed (32 different draws per batch, one per image up to 32 images) while
+        each op still runs vectorised over its group. Over epochs every image meets every
+        op either way. The draws use the global torch generator, as every op here does.
+        """
+        if y.dtype != torch.uint8:  # a resampled (float, 0..255) batch: the ops want uint8
+            y = y.round_().clamp_(0, 255).to(torch.uint8)
+        groups = torch.tensor_split(y, min(y.shape[0], AUTO_AUGMENT_GROUPS))
+        return torch.cat([self.auto(g) for g in groups])
 
     # ----------------------------------------------------------------------- colour
 

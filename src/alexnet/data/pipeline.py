@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from alexnet.data.augment import BatchTransform
-from alexnet.data.loading import BatchLoader, DataBundle, Split, load_data
+from alexnet.data.bundle import DataBundle, Split, load_data
+from alexnet.data.loader import BatchLoader
 from alexnet.errors import ConfigError
 from alexnet.io.model_file import IMAGENET_MEAN, IMAGENET_STD
 
@@ -114,7 +115,7 @@ def build_pipeline(
 ) -> Pipeline:
     """Load ``dataset`` and build its transforms and loaders.
 
-    ``load_options`` are :func:`alexnet.data.loading.load_data`'s keywords (``root``,
+    ``load_options`` are :func:`alexnet.data.bundle.load_data`'s keywords (``root``,
     ``download``, ``load_size``, ``train_split``, ``val_split``, ``val_fraction``,
     ``skip_bad_images``, ``cache_dir``); ``seed`` chooses the held-out validation images and
     the training order. ``mean``/``std``: ``dataset``, ``imagenet`` or values

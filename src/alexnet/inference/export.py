@@ -33,9 +33,9 @@ from torch import nn
 from alexnet.atomic import replacing
 from alexnet.data.preprocess import BadInput, load_image, normalize
 from alexnet.errors import UserError
+from alexnet.inference.inputs import expand_inputs
 from alexnet.inference.loading import load_model_file
 from alexnet.inference.onnx_model import ONNX_META_KEY, ONNX_PRECISION_KEY, onnx_session
-from alexnet.inference.predict import expand_inputs
 from alexnet.inference.quantize import quantize_int8
 from alexnet.io.model_file import ModelMeta, save_model_file
 from alexnet.text import first_line

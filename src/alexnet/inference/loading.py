@@ -1,18 +1,23 @@
-"""Any model file alexnet writes, ready to predict with: PyTorch or ONNX."""
+"""Any model file alexnet writes, ready to predict with: PyTorch or ONNX; and the one choice
+of ``--checkpoint`` / ``--weights`` / ``--pretrained`` that predict, features and export share."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from alexnet.errors import WeightsError
+from alexnet.errors import UserError, WeightsError
 from alexnet.inference.onnx_model import load_onnx_model
-from alexnet.io.model_file import ModelMeta
+from alexnet.io.model_file import ModelMeta, has_model_metadata
 from alexnet.models.files import build_model_from_file
+from alexnet.models.loading import load_weights
+from alexnet.models.pretrained import imagenet_meta
+from alexnet.models.registry import get_model
 
-__all__ = ["load_model_file"]
+__all__ = ["load_for_inference", "load_model_file", "model_device"]
 
 
 def load_model_file(
@@ -31,3 +36,51 @@ def load_model_file(
     if path.suffix == ".onnx":
         return load_onnx_model(path)
     return build_model_from_file(path, device=device)
+
+
+def load_for_inference(
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    model_name: str = "alexnet",
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, ModelMeta]:
+    """``(model in eval mode, its metadata)`` from exactly one source.
+
+    ``checkpoint``: a run's ``model.safetensors`` or checkpoint ``.pt`` (they carry the
+    metadata). ``weights``: a bare state dict for ``model_name`` with ImageNet classes and
+    preprocessing (e.g. torchvision's ``alexnet-owt-7be5be79.pth``); a file that carries our
+    metadata is read as a checkpoint. ``pretrained``: torchvision's ImageNet weights.
+    """
+    given = sum(x is not None and x is not False for x in (checkpoint, weights, pretrained))
+    if given != 1:
+        raise UserError("give exactly one of --checkpoint FILE, --weights FILE or --pretrained")
+    if checkpoint is not None:
+        return load_model_file(checkpoint, device=device)
+    if weights is not None:
+        if has_model_metadata(weights):  # a model.safetensors given as --weights: fine too
+            return load_model_file(weights, device=device)
+        meta = imagenet_meta()
+        model = get_model(model_name, num_classes=meta.num_classes, in_channels=3)
+        try:
+            load_weights(model, weights)
+        except WeightsError as e:
+            if "does not fit" not in str(e) and "another variant" not in str(e):
+                raise
+            raise WeightsError(
+                f"{e} (--weights takes ImageNet weights for --model {model_name}; a run's "
+                "checkpoint or model.safetensors goes with --checkpoint)"
+            ) from None
+        meta.variant = model_name
+        meta.image_size = model.native_input_size
+        return model.to(device).eval(), meta
+    model = get_model("alexnet", weights="IMAGENET1K_V1")
+    return model.to(device).eval(), imagenet_meta()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights live; the CPU for one without any (an ONNX file's runner)."""
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")

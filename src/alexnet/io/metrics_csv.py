@@ -18,6 +18,7 @@ METRIC_COLUMNS = [
     "val_loss",
     "val_top1",
     "val_top5",
+    "ema_val_top1",  # the weights' moving average (--ema), empty without it
     "lr",
     "epoch_time",
     "images_per_s",

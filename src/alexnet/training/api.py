@@ -12,11 +12,12 @@ from alexnet.errors import ConfigError
 from alexnet.training.config import resolve
 from alexnet.training.finish import RunResult
 from alexnet.training.loop import run
+from alexnet.training.lr_find import LRFindResult, find_lr, refuse_unused
 from alexnet.training.resume import resumed_config
 
 # RunResult is defined with the end of the run that builds it (finish.py imports nothing of
 # this module: api -> loop -> finish runs one way).
-__all__ = ["RunResult", "train", "run"]
+__all__ = ["LRFindResult", "RunResult", "lr_find", "train", "run"]
 
 
 def train(
@@ -46,3 +47,29 @@ def train(
     run_dir = Path(resume)
     cfg, settings, old_epochs = resumed_config(run_dir, overrides)
     return run(cfg, resume_dir=run_dir, argv=argv, old_epochs=old_epochs, settings=settings)
+
+
+def lr_find(
+    recipe: str | None = None,
+    config: str | Path | None = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    output: str | Path | None = None,
+    argv: list[str] | None = None,
+    **overrides: Any,
+) -> LRFindResult:
+    """The learning-rate range test; the same as ``alexnet lr-find`` with the same names.
+
+    Takes ``train``'s recipe, config file and settings (not those the sweep replaces: the
+    schedule, epochs, ``lr`` and validation), sweeps the rate exponentially from
+    ``start_lr`` to ``end_lr`` over ``steps`` optimiser steps and returns the curve
+    (:class:`LRFindResult`: ``lrs``, ``losses``, ``smoothed``, ``suggestion``, ``plot``,
+    ``command``): ``alexnet.lr_find(recipe="digits").suggestion``.
+    """
+    refuse_unused(overrides)
+    settings = resolve(recipe, config, overrides)
+    return find_lr(
+        settings.config, start_lr=start_lr, end_lr=end_lr, steps=steps, output=output, argv=argv
+    )

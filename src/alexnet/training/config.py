@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from alexnet.data.datasets import REGISTRY
+from alexnet.data.sources import REGISTRY
 from alexnet.errors import ConfigError
 from alexnet.models.init import INIT_SCHEMES
 from alexnet.models.registry import model_info
@@ -79,6 +79,13 @@ class TrainConfig:
     plateau_patience: int = 5
     warmup_epochs: float = 0.0
     grad_clip: float | None = None
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step
+    # --- regularisation, averaging, stopping
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off (both: one or the other per batch)
+    ema: float | None = None  # decay of the weights' exponential moving average; None = off
+    patience: int | None = None  # early stopping: validated epochs without improvement
+    min_delta: float = 0.0  # early stopping: the val top-1 gain (points) that counts
     # --- evaluation
     tta: str = "none"  # none | flip | ten-crop
     eval_every: int = 1
@@ -199,6 +206,17 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)"),
         (cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be positive"),
+        (cfg.accumulate >= 1, "accumulate", "must be at least 1"),
+        (cfg.mixup >= 0, "mixup", "must be >= 0 (0 turns it off)"),
+        (cfg.cutmix >= 0, "cutmix", "must be >= 0 (0 turns it off)"),
+        (cfg.ema is None or 0.0 < cfg.ema < 1.0, "ema", "must be in (0, 1), e.g. 0.999"),
+        (cfg.patience is None or cfg.patience >= 1, "patience", "must be at least 1"),
+        (cfg.min_delta >= 0, "min_delta", "must be >= 0"),
+        (
+            cfg.min_delta == 0 or cfg.patience is not None,
+            "min_delta",
+            "applies to early stopping only: add --patience N or drop it",
+        ),
         (cfg.load_size is None or cfg.load_size >= 1, "load_size", "must be positive"),
         (_stats_ok(cfg.mean, False), "mean", "must be dataset, imagenet or a list of numbers"),
         (_stats_ok(cfg.std, True), "std", "must be dataset, imagenet or a list of numbers > 0"),
@@ -449,7 +467,10 @@ def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
 
 # The settings the start of a run shows, in this order.
 SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "batch_size", "lr", "optimizer",
-         "scheduler", "augment", "precision", "threads", "init_from")  # fmt: skip
+         "scheduler", "augment", "precision", "threads", "init_from", "accumulate", "mixup",
+         "cutmix", "ema", "patience", "min_delta")  # fmt: skip
+# ...of which these only when they are on (not at their default)
+SHOWN_WHEN_ON = ("accumulate", "mixup", "cutmix", "ema", "patience", "min_delta")
 
 
 def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
@@ -460,6 +481,8 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
     for key in SHOWN:
         value = getattr(cfg, key)
         if value in (None, {}) and key in ("model_kwargs", "data", "init_from", "threads"):
+            continue
+        if key in SHOWN_WHEN_ON and value == _DEFAULTS[key]:
             continue
         if isinstance(value, list):
             value = " ".join(map(str, value)) or "none"

@@ -19,10 +19,13 @@ from alexnet.models.loading import load_state_into
 from alexnet.runtime import autocast
 from alexnet.training.config import TrainConfig, config_to_dict
 from alexnet.training.console import say
+from alexnet.training.ema import ema_weights
 from alexnet.training.engine import Diverged
-from alexnet.training.run_folder import RunFolder, write_json
+from alexnet.training.run_folder import RunFolder, record_top1, write_json
+from alexnet.training.scoring import most_confused
 from alexnet.training.setup import TrainingSetup
 from alexnet.viz import plots  # by module: tests replace its functions
+from alexnet.viz.figures import as_seen, split_images
 from alexnet.viz.report import write_report as write_report_html
 
 __all__ = ["RunResult", "finish"]
@@ -70,8 +73,8 @@ def finish(
         )
     has_test = bundle.test is not None and bundle.test is not bundle.val
     shown = bundle.test if has_test else bundle.val
-    res = setup.evaluate(setup.eval_loader(shown))
-    test = {k: v for k, v in res.items() if k not in ("confusion", "complete", "time")}
+    res = setup.evaluate(setup.eval_loader(shown), worst=16)  # the report's worst images
+    test = {k: v for k, v in res.items() if k not in ("confusion", "complete", "time", "worst")}
     wall = time.perf_counter() - t_start
     ips = train_images / train_time if train_time > 0 else 0.0
     if folder.writes:
@@ -93,8 +96,12 @@ def finish(
             "train_images_per_s": round(ips, 1),
             "epochs": cfg.epochs,
         }
+        if setup.early_stop is not None:  # the epoch it stopped after; null: ran them all
+            folder.provenance["result"]["stopped_early_after"] = (
+                setup.early_stop.stopped_epoch or None
+            )
         try:
-            write_report(setup, folder, shown, res["confusion"])
+            write_report(setup, folder, shown, res["confusion"], final=res)
         except Exception as e:  # the run's results are saved; a report bug must not hide them
             say(f"warning: report.html was not written ({type(e).__name__}: {e})")
         # last: a result in provenance.json marks the run finished (resume.is_finished)
@@ -115,12 +122,24 @@ def finish(
 
 
 def _load_best_weights(setup: TrainingSetup, folder: RunFolder) -> str:
-    """best.pt's weights into the model on every rank; returns which weights they are."""
+    """best.pt's weights of record into the model on every rank; returns which they are.
+
+    With ``--ema`` those are the moving average's weights when they scored higher on the
+    validation split at the best epoch than the raw weights, else the raw ones."""
     used, best_path = "final", folder.paths["best"]
     if folder.writes and best_path.exists():  # rank 0 reads best.pt...
         best = load_checkpoint(best_path)
-        load_state_into(setup.model, best["model"], str(best_path))
-        used = f"best (epoch {best['epoch']})"
+        row = (best.get("metrics") or [{}])[-1]
+        ema_won = "ema" in best and record_top1(row) != row.get("val_top1")
+        weights = ema_weights(best["ema"]) if ema_won else best["model"]
+        load_state_into(setup.model, weights, str(best_path))
+        used = f"{'EMA ' if ema_won else ''}best (epoch {best['epoch']})"
+        if "ema" in best:  # say which of the two became the weights of record, and why
+            raw, avg = row.get("val_top1"), row.get("ema_val_top1")
+            say(
+                f"weights of record: the {'EMA' if ema_won else 'raw'} weights of epoch "
+                f"{best['epoch']} (val top-1 EMA {avg:.2f}%, raw {raw:.2f}%)"
+            )
         del best
     if setup.dist.is_distributed:  # ...and hands its weights to every rank (no shared disk)
         used = setup.dist.broadcast_object(used)
@@ -138,8 +157,11 @@ def sample_images(split, n: int = 32) -> tuple[torch.Tensor, list[int]]:
     return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
 
 
-def write_report(setup: TrainingSetup, folder: RunFolder, split, confusion: torch.Tensor) -> None:
-    """``report.html`` through :mod:`alexnet.viz.report`."""
+def write_report(
+    setup: TrainingSetup, folder: RunFolder, split, confusion: torch.Tensor, final=None
+) -> None:
+    """``report.html`` through :mod:`alexnet.viz.report`; ``final``: the final evaluation's
+    result (its per-class scores and worst images, when it has them)."""
     samples, labels = sample_images(split, 32)
     setup.model.eval()
     with torch.inference_mode():
@@ -149,6 +171,11 @@ def write_report(setup: TrainingSetup, folder: RunFolder, split, confusion: torc
             x = x[..., off : off + setup.image_size, off : off + setup.image_size]
         with autocast(setup.device, setup.amp_dtype):
             preds = setup.model(x).argmax(dim=1).cpu().tolist()
+        final = final or {}
+        worst = final.get("worst")
+        if worst:  # the images of highest loss of the final evaluation, as the model saw them
+            stored = split_images(split, worst["index"]).to(setup.device)
+            worst = {**worst, "images": as_seen(stored, setup.eval_tf, setup.image_size)}
     # the final evaluation, as finish() recorded it in provenance.json: the confusion
     # matrix's split, its weights and (for a test split) its numbers; top-1 is its trace
     result = folder.provenance.get("result") or {}
@@ -170,6 +197,9 @@ def write_report(setup: TrainingSetup, folder: RunFolder, split, confusion: torc
         sample_preds=preds,
         model=setup.model,
         evaluation=evaluation,
+        scores={k: final[k] for k in ("precision", "recall", "f1")} if "f1" in final else None,
+        confused=most_confused(confusion, 10),
+        worst=worst or None,
     )
 
 
@@ -183,6 +213,8 @@ def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips
         )
     if last.get("val_top1") is not None:
         lines.append(f"  final val top-1 {last['val_top1']:6.2f}%  top-5 {last['val_top5']:.2f}%")
+    if setup.early_stop is not None and setup.early_stop.stopped:
+        lines.append(f"  {setup.early_stop.reason()}")
     if test is not None:
         lines.append(
             f"  test top-1      {test['top1']:6.2f}%  top-5 {test['top5']:.2f}%  "

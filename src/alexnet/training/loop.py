@@ -1,7 +1,8 @@
 """A training run from top to bottom: ``run(cfg)``.
 
     run folder (rank 0) -> setup -> resume position -> provenance, start line
-    -> for each epoch: train, validate, epoch line, metrics.csv / TensorBoard / last.pt, curves
+    -> for each epoch: train, validate (and the EMA's weights), early stopping, epoch line,
+       metrics.csv / TensorBoard / last.pt, curves
     -> the end (:mod:`alexnet.training.finish`)
 
 Guarantees (tested in tests/test_train.py and tests/test_reliability*.py):
@@ -11,7 +12,7 @@ Guarantees (tested in tests/test_train.py and tests/test_reliability*.py):
 - a NaN or Inf loss stops training with a :class:`alexnet.training.engine.Diverged` error
   and nothing is written after it.
 Rank 0 of a distributed group writes every file; a single process is
-:class:`alexnet.training.engine.SingleProcess`.
+:class:`alexnet.training.processes.SingleProcess`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from alexnet.text import plural
 from alexnet.training.config import ResolvedConfig, TrainConfig, describe
 from alexnet.training.console import GracefulStop, say
 from alexnet.training.distributed import fault_point, session, state_digest
-from alexnet.training.engine import SINGLE, Diverged, train_one_epoch
+from alexnet.training.engine import Diverged, train_one_epoch
 from alexnet.training.finish import RunResult, finish
+from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
-from alexnet.training.run_folder import RunFolder
+from alexnet.training.run_folder import RunFolder, record_top1
 from alexnet.training.setup import TrainingSetup
 from alexnet.training.transfer import is_frozen, unfreeze
 
@@ -138,9 +140,11 @@ def _train_epochs(
     with GracefulStop() as stop:
         try:
             for epoch in range(position["epoch"] + 1, cfg.epochs + 1):
+                if setup.early_stop is not None and setup.early_stop.stopped:
+                    break  # resumed after the stop (killed before the end): finish the run
                 _start_epoch(setup, epoch)
                 lr = setup.schedule.base_lrs[0] * setup.schedule.factor(
-                    (epoch - 1) * setup.steps_per_epoch
+                    (epoch - 1) * setup.updates_per_epoch
                 )
                 with _epoch_bar(setup, epoch, position["step"]) as bar:
                     stats = _train_epoch(setup, epoch, position, stop, bar)
@@ -156,7 +160,17 @@ def _train_epochs(
                     say(_epoch_line(cfg, epoch, stats, val, elapsed))
                 if not setup.weights_finite():  # never write NaN weights
                     raise _diverged(setup, folder, f"after epoch {epoch}")
-                folder.end_epoch(_metrics_row(epoch, stats, val, lr, elapsed))
+                row = _metrics_row(epoch, stats, val, lr, elapsed)
+                # before the checkpoint, which then holds the decision; every rank decides
+                # alike (validation top-1 is reduced over all ranks)
+                stop_early = setup.early_stop is not None and setup.early_stop.update(
+                    epoch, record_top1(row)
+                )
+                folder.end_epoch(row)
+                if stop_early:
+                    if setup.dist.is_main:
+                        say(setup.early_stop.reason())
+                    break
                 if stop.requested and epoch < cfg.epochs:  # Ctrl-C during validation or saving
                     raise _stopped(folder, f"interrupted after epoch {epoch}")
         except Diverged as e:
@@ -222,16 +236,35 @@ def _save_interrupted(
 
 
 def _validate(setup: TrainingSetup, epoch: int) -> dict[str, Any] | None:
-    """Validation metrics every ``eval_every`` epochs and after the last (else None)."""
+    """Validation metrics every ``eval_every`` epochs and after the last (else None); with
+    ``--ema`` the moving average's under ``"ema"``."""
     # DDP leaves BatchNorm statistics as each rank's last update: take rank 0's,
     # so every rank validates (and rank 0 saves) one and the same model
     setup.dist.sync_buffers(setup.model)
+    if setup.ema is not None:
+        setup.dist.sync_buffers(setup.ema.module)
     if epoch % setup.cfg.eval_every == 0 or epoch == setup.cfg.epochs:
-        return setup.evaluate(setup.val_loader)
+        val = setup.evaluate(setup.val_loader)
+        if setup.ema is not None:
+            val["ema"] = setup.evaluate(setup.val_loader, model=setup.ema.module)
+        return val
     return None
 
 
 def _epoch_line(cfg: TrainConfig, epoch: int, stats, val, elapsed: float) -> str:
+    if val is not None and "ema" in val:  # the moving average's top-1 next to the raw one
+        return (
+            epoch_line(
+                epoch,
+                cfg.epochs,
+                loss=stats["loss"],
+                acc=stats["top1"],
+                val_top1=val["top1"],
+                images_per_s=stats["images_per_s"],
+                elapsed=elapsed,
+            )
+            + f"  ema val top-1 {val['ema']['top1']:.2f}%"
+        )
     return epoch_line(
         epoch,
         cfg.epochs,
@@ -254,6 +287,7 @@ def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float) -> dict[str,
         "val_loss": val["loss"] if val else None,
         "val_top1": val["top1"] if val else None,
         "val_top5": val["top5"] if val else None,
+        "ema_val_top1": val["ema"]["top1"] if val and "ema" in val else None,
         "lr": lr,
         "epoch_time": stats["time"] + (val["time"] if val else 0.0),
         "images_per_s": stats["images_per_s"],

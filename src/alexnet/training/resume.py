@@ -138,6 +138,12 @@ def resume_state(
             f"{folder.path} already finished {position['epoch']} epochs; to train longer pass "
             f"--epochs N with N > {position['epoch']}"
         )
+    stopped = setup.early_stop
+    if stopped is not None and stopped.stopped and is_finished(folder, old_epochs or cfg.epochs):
+        raise UserError(
+            f"{folder.path} is finished: it {stopped.reason()}; to train longer start a new "
+            "run (with a larger --patience)"
+        )
     _repair_best(folder, state, position)
     saved_world = _continue_schedule(setup, state, position)
     note = {
@@ -173,7 +179,7 @@ def _continue_schedule(
     setup: TrainingSetup, state: dict[str, Any], position: dict[str, Any]
 ) -> int:
     """Give the schedule this run's length; returns the checkpoint's number of processes."""
-    cfg, steps = setup.cfg, setup.steps_per_epoch
+    cfg, steps = setup.cfg, setup.updates_per_epoch  # optimiser steps per epoch
     setup.schedule.set_length(cfg.epochs, steps)  # a longer run: the new length
     saved_world = int(state.get("world_size", 1))
     if saved_world != setup.dist.world_size:

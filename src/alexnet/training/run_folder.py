@@ -26,7 +26,7 @@ from alexnet.training.provenance import provenance
 from alexnet.training.setup import TrainingSetup
 from alexnet.viz import plots  # by module: a test replaces plots.plot_curves
 
-__all__ = ["PLOT_EVERY_S", "RunFolder", "write_json", "write_yaml"]
+__all__ = ["PLOT_EVERY_S", "RunFolder", "record_top1", "write_json", "write_yaml"]
 
 PLOT_EVERY_S = 5.0  # curves are redrawn at most this often (and after the last epoch)
 
@@ -40,6 +40,15 @@ _TB_TAGS = (
     ("lr", "lr"),
     ("images_per_s", "speed/images_per_s"),
 )
+
+
+def record_top1(row: dict[str, Any]) -> float | None:
+    """An epoch's validation top-1 of its weights of record: the better of the raw weights
+    and their moving average (``--ema``), the raw ones on a tie; None when not validated."""
+    raw, ema = row.get("val_top1"), row.get("ema_val_top1")
+    if ema is not None and (raw is None or ema > raw):
+        return ema
+    return raw
 
 
 def write_yaml(path: Path, data: dict) -> None:
@@ -194,6 +203,7 @@ class RunFolder:
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "world_size": setup.dist.world_size,  # processes that wrote it (resume may differ)
+            **setup.extra_state(),  # EMA weights, early-stopping state (when on)
         }
 
     def save_interrupted(self, epoch: int, steps: int, totals) -> None:
@@ -204,9 +214,10 @@ class RunFolder:
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Record a finished epoch: metrics.csv, TensorBoard, last.pt (best.pt), curves."""
         self.history.append(row)
-        improved = row["val_top1"] is not None and row["val_top1"] > self.best_top1
+        top1 = record_top1(row)
+        improved = top1 is not None and top1 > self.best_top1
         if improved:
-            self.best_top1, self.best_epoch = row["val_top1"], row["epoch"]
+            self.best_top1, self.best_epoch = top1, row["epoch"]
         if not self.writes:
             return
         write_metrics(self.paths["metrics"], self.history)

@@ -1,18 +1,21 @@
 """What one run computes with, built from its config: :class:`TrainingSetup`.
 
     threads, determinism, seed, device, precision -> data pipeline -> model -> model file
-    metadata -> transfer learning -> optimiser, schedule, loss -> DDP / torch.compile wrappers
+    metadata -> transfer learning -> optimiser, schedule, loss, mixing -> EMA, early stopping
+    -> DDP / torch.compile wrappers
 
 Nothing here touches the run folder (:mod:`alexnet.training.run_folder`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from alexnet.data.mixing import BatchMixing
 from alexnet.data.pipeline import build_pipeline
 from alexnet.errors import ConfigError
 from alexnet.io.checkpoint import state_is_finite
@@ -28,7 +31,11 @@ from alexnet.runtime import (
     set_threads,
 )
 from alexnet.training.config import TrainConfig
-from alexnet.training.engine import LRSchedule, StepOptions, build_optimizer, evaluate_loader
+from alexnet.training.early_stop import EarlyStopping
+from alexnet.training.ema import ModelEma
+from alexnet.training.engine import StepOptions
+from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.transfer import apply_transfer
 
 __all__ = ["TrainingSetup", "build_model"]
@@ -90,7 +97,8 @@ def _model_meta(
 
 class TrainingSetup:
     """Everything one run computes with, built from a config: device, data, transforms,
-    loaders, model, optimiser, schedule, loss."""
+    loaders, model, optimiser, schedule, loss, mixing, and when asked for the weights' moving
+    average (``ema``) and early stopping (``early_stop``); those are None when off."""
 
     def __init__(self, cfg: TrainConfig, dist: Any):
         info = model_info(cfg.model)
@@ -105,6 +113,7 @@ class TrainingSetup:
         self._build_data()
         self._build_model()
         self._build_optimisation()
+        self._build_extras()
         self.wrap(sync_bn=cfg.sync_bn)
 
     def _set_runtime(self) -> None:
@@ -148,12 +157,14 @@ class TrainingSetup:
         self.data, self.classes = pipe.bundle, pipe.classes
         self.train_tf, self.eval_tf = pipe.train_tf, pipe.eval_tf
         self.train_loader, self.eval_loader = pipe.train_loader, pipe.eval_loader
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = len(self.train_loader)  # loader batches (micro-batches)
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} leaves no full batch of the {len(self.data.train)} "
                 "training images; use a smaller --batch-size"
             )
+        # optimiser steps: what the schedule counts (one per `accumulate` micro-batches)
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.accumulate)
         self.val_loader = self.eval_loader(self.data.val)
 
     def _build_model(self) -> None:
@@ -184,13 +195,27 @@ class TrainingSetup:
             self.optimizer,
             kind=cfg.scheduler,
             epochs=cfg.epochs,
-            steps_per_epoch=self.steps_per_epoch,
+            steps_per_epoch=self.updates_per_epoch,
             warmup_epochs=cfg.warmup_epochs,
             step_size=cfg.step_size,
             gamma=cfg.gamma,
             patience=cfg.plateau_patience,
         )
+        # with mixup / CutMix the targets are soft; the loss smooths those too
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.mix = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mix = BatchMixing(
+                mixup=cfg.mixup, cutmix=cfg.cutmix, num_classes=len(self.classes)
+            )
+
+    def _build_extras(self) -> None:
+        """The weights' moving average and the early-stopping state, when asked for."""
+        cfg = self.cfg
+        self.ema = ModelEma(self.model, cfg.ema) if cfg.ema is not None else None
+        self.early_stop = None
+        if cfg.patience is not None:
+            self.early_stop = EarlyStopping(cfg.patience, cfg.min_delta)
 
     @property
     def step_options(self) -> StepOptions:
@@ -205,6 +230,9 @@ class TrainingSetup:
             channels_last=self.channels_last,
             grad_clip=self.cfg.grad_clip,
             dist=self.dist,
+            mix=self.mix,
+            accumulate=self.cfg.accumulate,
+            ema=self.ema,
         )
 
     def wrap(self, *, sync_bn: bool = False) -> None:
@@ -219,9 +247,10 @@ class TrainingSetup:
         else:  # evaluation needs no gradient sync: each rank runs the plain model on its shard
             self.eval_model = torch.compile(self.model) if cfg.compile else self.model
 
-    def evaluate(self, loader, **kw) -> dict[str, Any]:
+    def evaluate(self, loader, *, model: nn.Module | None = None, **kw) -> dict[str, Any]:
+        """Evaluate the run's model (or ``model``, e.g. the EMA's) on ``loader``."""
         return evaluate_loader(
-            self.eval_model,
+            self.eval_model if model is None else model,
             loader,
             transform=self.eval_tf,
             device=self.device,
@@ -237,10 +266,25 @@ class TrainingSetup:
     def weights_finite(self) -> bool:
         return state_is_finite(self.model.state_dict())
 
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the model, optimiser and schedule: the EMA's
+        weights and the early-stopping state (only the keys of features that are on)."""
+        out: dict[str, Any] = {}
+        if self.ema is not None:
+            out["ema"] = self.ema.state_dict()
+        if self.early_stop is not None:
+            out["early_stop"] = self.early_stop.state_dict()
+        return out
+
     def load_state(self, state: dict[str, Any], source: str) -> None:
-        """Model, optimiser, schedule and scaler from a checkpoint (not the RNG)."""
+        """Model, optimiser, schedule, scaler, EMA and early stopping from a checkpoint
+        (not the RNG)."""
         load_state_into(self.model, state["model"], source)  # names a layer that does not fit
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])  # KeyError: not a checkpoint of this run
+        if self.early_stop is not None:
+            self.early_stop.load_state_dict(state["early_stop"])

@@ -150,7 +150,7 @@ def apply_transfer(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     dataset's ``num_classes``, keeps its new head). ``cfg.freeze == "features"`` freezes the
     convolutional part. The groups (``name`` backbone / head, each split into weights with
     ``cfg.weight_decay`` and 1-D parameters without, like
-    :func:`alexnet.training.engine.build_optimizer`) carry ``lr = cfg.lr * lr_scale`` and
+    :func:`alexnet.training.optim.build_optimizer`) carry ``lr = cfg.lr * lr_scale`` and
     ``lr_scale``: ``cfg.backbone_lr_scale`` for pretrained layers, 1 for the head (and for
     everything when nothing is loaded). Empty groups are left out.
     """

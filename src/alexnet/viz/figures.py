@@ -1,8 +1,10 @@
-"""Pictures of what a network learned: conv1 kernels, feature maps, Grad-CAM heat maps.
+"""Pictures of what a network learned: conv1 kernels, feature maps, Grad-CAM heat maps,
+and the images it got most wrong.
 
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (never pyplot), so
 they work without a display and leave a notebook's backend alone. Every PNG has a fixed
-pixel size (``*_SIZE`` below) and is written atomically.
+pixel size (``*_SIZE`` below; the worst-images grid a fixed size per image) and is written
+atomically.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ __all__ = [
     "save_activations",
     "save_gradcam",
     "plot_run",
+    "split_images",
+    "as_seen",
+    "worst_figure",
+    "save_worst",
 ]
 
 DPI = 100
@@ -317,3 +323,92 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if not history:
         raise DataError(f"{csv} has no epoch yet; plot again after the first epoch")
     return plot_curves(history, Path(out_dir) if out_dir else run_dir / "plots")
+
+
+# ------------------------------------------------------------------------- worst images
+
+
+def split_images(split, indices) -> torch.Tensor:
+    """The images of a :class:`~alexnet.data.bundle.Split` at ``indices``, as stored:
+    uint8 (n, C, S, S) on the CPU (a streamed split reads just those n)."""
+    idx = [int(i) for i in indices]
+    if split.images is not None:
+        return split.images[torch.tensor(idx, dtype=torch.int64)].clone()
+    if not idx:
+        return torch.zeros((0, 1, 1, 1), dtype=torch.uint8)
+    return torch.stack([split.dataset[i][0] for i in idx])
+
+
+def as_seen(images: torch.Tensor, transform, crop_size: int | None = None) -> torch.Tensor:
+    """uint8 (n, C, S, S) stored images -> uint8 (n, C_model, s, s): framed by the evaluation
+    ``transform`` (a :class:`~alexnet.data.augment.BatchTransform`) as the model saw them,
+    then de-normalised with its mean and std. Frames larger than ``crop_size`` (ten-crop
+    evaluation) show their centre crop."""
+    if images.shape[0] == 0:
+        return images
+    x = transform(images).float()  # (n, C, s, s), normalised
+    if crop_size is not None and x.shape[-1] > crop_size:
+        off = (x.shape[-1] - crop_size) // 2
+        x = x[..., off : off + crop_size, off : off + crop_size]
+    mean = torch.tensor([m * 255 for m in transform.mean], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([s * 255 for s in transform.std], device=x.device).view(1, -1, 1, 1)
+    return (x * std + mean).clamp(0, 255).round().to(torch.uint8).cpu().contiguous()
+
+
+def worst_figure(
+    images: torch.Tensor,
+    worst: dict[str, list],
+    classes: list[str],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """A grid of the highest-loss images, highest first, each titled with its true and
+    predicted class, the predicted class's probability and the loss (wrong ones in red).
+
+    ``images`` uint8 (K, C, H, W) as the model saw them (:func:`as_seen`); ``worst`` the
+    lists of :func:`alexnet.training.evaluation.worst_of`. 170 x 210 pixels per image.
+    """
+    k = images.shape[0]
+    if k == 0:
+        raise UserError("there are no images to show")
+    cols = min(k, 8)
+    rows = math.ceil(k / cols)
+    top = 50  # pixels for the title
+    fig = _figure((cols * 170, rows * 210 + top))
+    height = 1.0 - top / (rows * 210 + top)
+    grey = images.shape[1] == 1
+    for i in range(k):
+        r, c = divmod(i, cols)
+        ax = fig.add_axes(
+            (c / cols + 0.01, height * (1 - (r + 1) / rows) + 0.005, 1 / cols - 0.02,
+             height / rows * 0.74)
+        )  # fmt: skip
+        ax.imshow(_hwc(images[i]), cmap="gray" if grey else None, vmin=0, vmax=255,
+                  interpolation="nearest" if images.shape[-1] < 64 else "bilinear")  # fmt: skip
+        ax.set_axis_off()
+        t, p = worst["target"][i], worst["pred"][i]
+        ax.set_title(
+            f"true {_name(classes, t)}\npred {_name(classes, p)} ({worst['prob'][i]:.2f})\n"
+            f"loss {worst['loss'][i]:.2f}",
+            fontsize=9,
+            color="#c62828" if t != p else "#2e7d32",
+        )
+    fig.suptitle(title or f"the {k} images of highest loss", fontsize=13)
+    return fig
+
+
+def save_worst(
+    images: torch.Tensor,
+    worst: dict[str, list],
+    classes: list[str],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Write :func:`worst_figure` as a PNG."""
+    return save_figure(worst_figure(images, worst, classes, title=title), path)
+
+
+def _name(classes: list[str], i: int) -> str:
+    name = str(classes[i]) if 0 <= i < len(classes) else str(i)
+    return name if len(name) <= 18 else name[:17] + "…"

@@ -17,7 +17,7 @@ import numpy as np
 
 from alexnet.atomic import write_atomic
 
-__all__ = ["plot_curves", "plot_confusion"]
+__all__ = ["plot_curves", "plot_confusion", "plot_lr_find"]
 
 
 def _figure(width: float, height: float):
@@ -169,5 +169,37 @@ def plot_confusion(
                         fontsize=7,
                         color="white" if dark else "black",
                     )
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_lr_find(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestion: float,
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """The learning-rate range test's curve: loss (raw and smoothed) against the learning
+    rate on a log axis, the suggested rate marked (:mod:`alexnet.training.lr_find`)."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    finite = [(x, y) for x, y in zip(lrs, losses, strict=True) if math.isfinite(y)]
+    if finite:
+        ax.plot(*zip(*finite, strict=True), color="0.7", lw=1, label="loss")
+    ax.plot(lrs[: len(smoothed)], smoothed, lw=2, label="smoothed loss")
+    ax.axvline(suggestion, color="black", ls="--", lw=1, label=f"suggested lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ys = [y for y in smoothed if math.isfinite(y)]
+    if ys:  # the diverging tail would squash the interesting part of the curve
+        top = min(max(ys), 2.0 * ys[0] if ys[0] > 0 else max(ys))
+        ax.set_ylim(min(ys) - 0.05 * abs(min(ys)), top * 1.05)
+    ax.set_title(title or "learning-rate range test")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend()
     fig.tight_layout()
     return _save(fig, Path(path))

@@ -1,8 +1,9 @@
 """``report.html``: one self-contained page per run (every image embedded as base64 PNG).
 
 It shows the resolved config, the loss and accuracy curves, the final metrics, the
-confusion matrix, conv1's kernels and a grid of validation images with predicted and true
-labels (wrong ones marked). No external file, script or stylesheet: the page can be mailed
+confusion matrix with per-class precision, recall and F1 and the most-confused pairs,
+conv1's kernels, the evaluated images of highest loss, and a grid of the first images of the
+split with predicted and true labels (wrong ones marked). No external file, script or stylesheet: the page can be mailed
 or archived on its own.
 """
 
@@ -172,15 +173,26 @@ def _config_table(config: dict[str, Any]) -> str:
     return f'<div class="cfg"><table>{"".join(rows)}</table></div>'
 
 
+def _name(classes: Sequence[str], i: int) -> str:
+    return str(classes[i]) if 0 <= i < len(classes) else str(i)
+
+
 def _samples_grid(
     samples: torch.Tensor,
     labels: Sequence[int],
     preds: Sequence[int],
     classes: Sequence[str],
     split: str = "validation",
+    *,
+    probs: Sequence[float] | None = None,
+    losses: Sequence[float] | None = None,
+    head: str | None = None,
 ) -> str:
+    """Images with their predicted and true class (wrong ones red), and with ``probs`` and
+    ``losses`` the predicted class's probability and the loss of each."""
+
     def name(i: int) -> str:
-        return str(classes[i]) if 0 <= i < len(classes) else str(i)
+        return _name(classes, i)
 
     n = min(len(samples), len(labels), len(preds))
     wrong = sum(int(labels[i]) != int(preds[i]) for i in range(n))
@@ -190,14 +202,78 @@ def _samples_grid(
         ok = t == p
         mark = "✓" if ok else "✗ wrong"
         alt = f"sample {i}: true {name(t)}, predicted {name(p)}"
+        prob = f" ({probs[i]:.2f})" if probs is not None else ""
+        loss = f"<br>loss {losses[i]:.2f}" if losses is not None else ""
         cells.append(
             f'<figure class="s {"ok" if ok else "wrong"}">'
             f"{_img(_sample_png(samples[i]), alt)}"
             f'<figcaption><span class="mark">{mark}</span><br>'
-            f"pred: {html.escape(name(p))}<br>true: {html.escape(name(t))}</figcaption></figure>"
+            f"pred: {html.escape(name(p))}{prob}<br>true: {html.escape(name(t))}{loss}"
+            "</figcaption></figure>"
         )
-    head = f"<p>{n} {html.escape(split)} images, {wrong} predicted wrongly (red, marked ✗).</p>"
-    return head + f'<div class="grid">{"".join(cells)}</div>'
+    if head is None:
+        head = f"{n} {html.escape(split)} images, {wrong} predicted wrongly (red, marked ✗)."
+    return f"<p>{head}</p>" + f'<div class="grid">{"".join(cells)}</div>'
+
+
+def _class_table(
+    classes: Sequence[str], confusion: np.ndarray, scores: dict[str, Sequence[float]]
+) -> str:
+    """Images, recall (the per-class accuracy), precision and F1 of each class, in percent."""
+    images = np.asarray(confusion).sum(axis=1)
+
+    def pct(v: float) -> str:
+        return f"{v:.2f}" if math.isfinite(v) else "–"
+
+    head = (
+        "<tr>"
+        + "".join(
+            f"<th>{h}</th>" for h in ("class", "images", "recall (%)", "precision (%)", "F1 (%)")
+        )
+        + "</tr>"
+    )
+    rows = "".join(
+        f'<tr><th>{html.escape(str(c))}</th><td class="num">{int(images[k]):,}</td>'
+        + "".join(
+            f'<td class="num">{pct(float(scores[key][k]))}</td>'
+            for key in ("recall", "precision", "f1")
+        )
+        + "</tr>"
+        for k, c in enumerate(classes)
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _confused_list(classes: Sequence[str], confused: Sequence[tuple[int, int, int]]) -> str:
+    if not confused:
+        return "<p>No image was predicted as another class.</p>"
+    items = "".join(
+        f"<li>{html.escape(_name(classes, t))} → {html.escape(_name(classes, p))}: "
+        f"{n:,} image{'s' if n != 1 else ''}</li>"
+        for t, p, n in confused
+    )
+    return f"<p>Most confused (true → predicted):</p><ol>{items}</ol>"
+
+
+def _worst_section(worst: dict[str, Any], classes: Sequence[str], split: str) -> list[str]:
+    """The heading and grid of the evaluated images of highest loss, highest first."""
+    k = len(worst["target"])
+    head = (
+        f"The {k} {html.escape(split)} images of highest loss, highest first, framed as the "
+        "model saw them, with the predicted class's probability: the mistakes (and label "
+        "errors) to look at first."
+    )
+    grid = _samples_grid(
+        worst["images"],
+        worst["target"],
+        worst["pred"],
+        classes,
+        split,
+        probs=worst["prob"],
+        losses=worst["loss"],
+        head=head,
+    )
+    return [f'<h2 id="worst">Worst {html.escape(split)} images</h2>', grid]
 
 
 def render_report(
@@ -212,6 +288,9 @@ def render_report(
     sample_preds: Sequence[int],
     model: nn.Module,
     evaluation: dict[str, Any] | None = None,
+    scores: dict[str, Sequence[float]] | None = None,
+    confused: Sequence[tuple[int, int, int]] | None = None,
+    worst: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
@@ -249,9 +328,19 @@ def render_report(
         '<div class="plots">',
         _img(confusion_png, "confusion matrix", cls="mid" if len(classes) > 12 else ""),
         "</div>",
+        *(
+            [
+                '<h2 id="classes">Per-class precision, recall and F1</h2>',
+                _class_table(classes, confusion, scores),
+            ]
+            if scores is not None
+            else []
+        ),
+        *([_confused_list(classes, confused)] if confused is not None else []),
         '<h2 id="filters">conv1 filters</h2><div class="plots">',
         _img(filters_png, "conv1 filters", cls="mid"),
         "</div>",
+        *(_worst_section(worst, classes, shown) if worst else []),
         f'<h2 id="samples">{html.escape(shown.capitalize())} images</h2>',
         _samples_grid(samples, sample_labels, sample_preds, classes, shown),
         '<h2 id="config">Resolved config</h2>',
@@ -273,6 +362,9 @@ def write_report(
     sample_preds: list[int],
     model: nn.Module,
     evaluation: dict[str, Any] | None = None,
+    scores: dict[str, Sequence[float]] | None = None,
+    confused: Sequence[tuple[int, int, int]] | None = None,
+    worst: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
@@ -281,6 +373,10 @@ def write_report(
     ``evaluation`` describes that split's evaluation for the metrics table: ``split``
     ("test" or "validation"), ``top1``, ``top5``, ``loss``, ``num_images``, ``weights``
     (e.g. "best (epoch 3)"); top-1 defaults to the confusion matrix's trace over its sum.
+    ``scores`` (``precision``, ``recall``, ``f1``: one percentage per class, NaN where
+    undefined) adds the per-class table, ``confused`` its (true, predicted, count) pairs,
+    and ``worst`` the images of highest loss: ``images`` uint8 (K, C, H, W) as the model saw
+    them, and the lists ``target``, ``pred``, ``prob``, ``loss``, highest loss first.
     """
     run_dir = Path(run_dir)
     text = render_report(
@@ -294,5 +390,8 @@ def write_report(
         sample_preds=sample_preds,
         model=model,
         evaluation=evaluation,
+        scores=scores,
+        confused=confused,
+        worst=worst,
     )
     return write_atomic(run_dir / "report.html", text.encode("utf-8"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alexnet.models.base import SizeChecked
+from alexnet.models.base import SizeChecked, dropout_head
 
 __all__ = ["AlexNet"]
 
@@ -46,15 +46,7 @@ class AlexNet(SizeChecked):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # any input >= 63 px becomes 6x6
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = dropout_head(num_classes, dropout)  # fc6-fc8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

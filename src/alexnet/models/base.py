@@ -1,4 +1,5 @@
-"""What every variant shares: the input-size check and the output-size arithmetic.
+"""What the variants share: the input-size check, the output-size arithmetic, and the
+classifier head of torchvision's and the paper's AlexNet.
 
 Each variant (one file per family: alexnet_tv, paper, batchnorm, d2l, cifar) is built with
 keyword-only ``num_classes``, ``in_channels`` and ``dropout``, and carries ``layer_names``:
@@ -64,3 +65,20 @@ def output_size(
     if ceil and (value - 1) * stride >= size + padding:
         value -= 1
     return value
+
+
+def dropout_head(num_classes: int, dropout: float) -> nn.Sequential:
+    """fc6-fc8 of torchvision's and the paper's AlexNet: (B, 9216) -> (B, num_classes).
+
+    Dropout before fc6 and fc7, as both do; its module indices (classifier.1, .4, .6) are
+    torchvision's state-dict keys.
+    """
+    return nn.Sequential(
+        nn.Dropout(p=dropout),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alexnet.models.base import SizeChecked
+from alexnet.models.base import SizeChecked, dropout_head
 from alexnet.models.init import alexnet_paper_init
 
 __all__ = ["AlexNetPaper"]
@@ -74,15 +74,7 @@ class AlexNetPaper(SizeChecked):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 227 px
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = dropout_head(num_classes, dropout)  # fc6-fc8
         if paper_init:
             alexnet_paper_init(self.features, self.classifier)
 

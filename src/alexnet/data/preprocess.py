@@ -66,6 +66,12 @@ def load_image(path: str | os.PathLike, *, channels: int, image_size: int) -> to
         raise BadInput(name, bad.reason) from None
     except Exception as e:  # a decoder bug must not stop the other images
         raise BadInput(name, f"cannot decode ({type(e).__name__}: {e})") from None
+    return frame_image(x, channels=channels, image_size=image_size)
+
+
+def frame_image(x: torch.Tensor, *, channels: int, image_size: int) -> torch.Tensor:
+    """A decoded image uint8 (1 or 3, H, W) -> uint8 (channels, image_size, image_size):
+    the centre square resized to :func:`eval_resize`, then its centre crop."""
     r = eval_resize(min(x.shape[-2:]), image_size)
     x = square_resize(x, r)  # (C, r, r): the centre square, shorter side resized to r
     top = (r - image_size) // 2

@@ -11,7 +11,7 @@ limit ``PIL.Image.MAX_IMAGE_PIXELS`` checked from the header, so a decompression
 refused before any pixel is decoded) after a header check that only the formats in
 :data:`ACCEPTED_FORMATS` pass: Pillow can open PostScript and PDF through Ghostscript, which a
 server must never run on a stranger's bytes. The decoded image is framed as ``alexnet predict``
-frames a file (:func:`alexnet.data.preprocess.eval_resize`, the centre crop).
+frames a file (:func:`alexnet.data.preprocess.frame_image`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from alexnet.data.decode import BadImage, decode_image_bytes, square_resize, to_channels
-from alexnet.data.preprocess import BadInput, eval_resize
+from alexnet.data.decode import BadImage, decode_image_bytes
+from alexnet.data.preprocess import BadInput, frame_image
 from alexnet.io.model_file import ModelMeta
 from alexnet.serve.errors import ApiError
 from alexnet.text import plural
@@ -190,12 +190,7 @@ def decode_upload(upload: Upload, meta: ModelMeta) -> torch.Tensor:
         raise ApiError(400, f"{BadInput(name, bad.reason)}.") from None
     except Exception as e:  # a decoder bug is this image's problem, not the server's
         raise ApiError(400, f"{name}: cannot decode ({type(e).__name__}).") from None
-    # the framing of alexnet.data.preprocess.load_image, on bytes instead of a path
-    r = eval_resize(min(x.shape[-2:]), meta.image_size)
-    x = square_resize(x, r)  # (C, r, r): the centre square, shorter side resized to r
-    top = (r - meta.image_size) // 2
-    x = x[:, top : top + meta.image_size, top : top + meta.image_size]
-    return to_channels(x.contiguous(), meta.in_channels)
+    return frame_image(x, channels=meta.in_channels, image_size=meta.image_size)  # as predict
 
 
 def _check_header(data: bytes, name: str) -> None:

@@ -148,21 +148,13 @@ def _load_best_weights(setup: TrainingSetup, folder: RunFolder) -> str:
     return used
 
 
-def sample_images(split, n: int = 32) -> tuple[torch.Tensor, list[int]]:
-    """The first ``n`` images of a split as uint8 (n, C, S, S) and their labels."""
-    n = min(n, len(split))
-    if split.images is not None:
-        return split.images[:n].clone(), split.labels[:n].tolist()
-    items = [split.dataset[i] for i in range(n)]
-    return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
-
-
 def write_report(
     setup: TrainingSetup, folder: RunFolder, split, confusion: torch.Tensor, final=None
 ) -> None:
     """``report.html`` through :mod:`alexnet.viz.report`; ``final``: the final evaluation's
     result (its per-class scores and worst images, when it has them)."""
-    samples, labels = sample_images(split, 32)
+    first = range(min(32, len(split)))  # the first images of the split, with their labels
+    samples, labels = split_images(split, first), split.labels[: len(first)].tolist()
     setup.model.eval()
     with torch.inference_mode():
         x = setup.eval_tf(samples.to(setup.device))

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alexnet.data.files import ImageFileDataset
+
 # The environment variable that slows every atomic write down (alexnet.io.checkpoint reads it),
 # so that a SIGKILL lands inside a checkpoint write deterministically.
 SLOW_WRITE_ENV = "ALEXNET_TEST_SLOW_WRITE"
@@ -375,3 +377,8 @@ def all_finite(tensors: dict) -> bool:
 def leftover_temp_files(folder: Path) -> list[str]:
     """Partial or in-between files of the atomic writers (``.x.tmp-PID``, ``.last.pt.next``)."""
     return sorted(p.name for p in folder.glob(".*") if ".tmp" in p.name or p.name.endswith(".next"))
+
+
+def read_for_training(path) -> torch.Tensor:
+    """One file through the reader training uses for image files (ImageFileDataset)."""
+    return ImageFileDataset([str(path)], [0], size=16, channels=3)[0][0]

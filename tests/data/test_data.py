@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reliability_utils import read_for_training
 
 from alexnet.data import decode as imagecache
 from alexnet.data.bundle import Split, list_datasets, load_data
-from alexnet.data.decode import read_image
 from alexnet.data.loader import BatchLoader
 from alexnet.errors import DataError
 
@@ -435,7 +435,7 @@ def test_bad_images_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(imagecache, "_decode_jpeg", never)
     monkeypatch.setattr(imagecache, "_decode_pil", never)
     with pytest.raises(DataError, match="refused without decoding"):
-        read_image(tmp_path / "t" / "train" / "cat" / "huge.png")
+        read_for_training(tmp_path / "t" / "train" / "cat" / "huge.png")
 
 
 def test_bad_images_skipped_and_counted(tmp_path, monkeypatch, caplog):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reliability_utils import read_for_training
 
-from alexnet.data.decode import read_image
 from alexnet.data.preprocess import load_image
 from alexnet.errors import UserError
 from alexnet.inference.loading import load_model_file
@@ -79,7 +79,7 @@ def _mutations(seeds: list[bytes], rng: np.random.Generator, n: int) -> list[byt
 
 def test_image_loaders_survive_random_and_mutated_files(tmp_path: Path) -> None:
     """300 random byte strings and 300 mutated images through the file loaders that data
-    (read_image) and predict (load_image) use: a uint8 image or a DataError naming the file."""
+    (ImageFileDataset) and predict (load_image) use: a uint8 image or a DataError naming the file."""
     rng = np.random.default_rng(7)
     seeds = _image_seeds(rng)
     inputs = [rng.bytes(int(rng.integers(0, 600))) for _ in range(300)]
@@ -90,7 +90,7 @@ def test_image_loaders_survive_random_and_mutated_files(tmp_path: Path) -> None:
         path = tmp_path / f"f{i}{['.jpg', '.png', '.gif', '.webp'][i % 4]}"
         path.write_bytes(data)
         try:
-            x = read_image(path)
+            x = read_for_training(path)
         except UserError as e:
             _one_line(e, path)
             failed += 1

@@ -189,22 +189,6 @@ def decode_image_bytes(data: bytes, path: str = "<bytes>") -> torch.Tensor:
     return x
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> uint8 (1, H, W) grey or (3, H, W) RGB; DataError names a bad file."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except OSError as e:
-        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
-    try:
-        return decode_image_bytes(data, path)
-    except BadImage as bad:
-        raise DataError(f"bad image {bad.path}: {bad.reason}") from None
-
-
 def square_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (..., C, H, W) -> uint8 (..., C, size, size): the centre square, resized.
 

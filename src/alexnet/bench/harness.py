@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,7 +31,10 @@ __all__ = [
     "forever",
     "environment",
     "matmul_peak_gflops",
+    "MatmulPeaks",
+    "matmul_peaks",
     "forward_gflop",
+    "training_gflop",
     "format_table",
 ]
 
@@ -114,11 +118,44 @@ def matmul_peak_gflops(
     return best
 
 
+@dataclass(frozen=True)
+class MatmulPeaks:
+    """The matmul rooflines a run is measured against, GFLOP/s."""
+
+    fp32: float  # a float32 matmul
+    ours: float  # a matmul in our compute dtype; the fp32 figure when that is float32
+
+
+def matmul_peaks(dtype: torch.dtype | None, device: torch.device) -> MatmulPeaks:
+    """:func:`matmul_peak_gflops` in float32 and in ``dtype`` (None: float32, measured once)."""
+    fp32 = matmul_peak_gflops(None, device)
+    ours = matmul_peak_gflops(dtype, device) if dtype not in (None, torch.float32) else fp32
+    return MatmulPeaks(fp32, ours)
+
+
 def forward_gflop(model: nn.Module, x: torch.Tensor) -> float:
     """GFLOP of one forward pass per image (2 x multiply-adds of convs and matmuls)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x[:1])
     return counter.get_total_flops() / 1e9
+
+
+def training_gflop(model: nn.Module, x: torch.Tensor) -> float:
+    """GFLOP of one training step per image: forward + backward = 3x the forward.
+
+    The backward pass computes each layer's gradient with respect to its input and to its
+    weights, each a matmul as large as the forward one, so a step costs three forwards (the
+    usual convention; the optimiser's elementwise update is not counted). Counted in eval
+    mode, each module's mode restored after: a training-mode pass on ``x`` would move the
+    batch-norm statistics of the model being trained; the FLOPs are the same.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return 3 * forward_gflop(model, x)
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

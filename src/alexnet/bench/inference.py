@@ -25,7 +25,7 @@ from alexnet.bench.harness import (
     format_table,
     forward_gflop,
     interleaved,
-    matmul_peak_gflops,
+    matmul_peaks,
     summarize,
     sync,
 )
@@ -237,10 +237,8 @@ def _roofline(
 ) -> _Roofline:
     """Both sides are bound by matrix throughput, so the best possible speedup is
     (matmul GFLOP/s in our dtype) / (GFLOP/s the baseline achieves)."""
-    gflop = forward_gflop(baseline, x)
-    peak_fp32 = matmul_peak_gflops(None, dev)
-    peak_ours = matmul_peak_gflops(dtype, dev) if dtype is not None else peak_fp32
-    return _Roofline(gflop, peak_fp32, peak_ours)
+    peaks = matmul_peaks(dtype, dev)
+    return _Roofline(forward_gflop(baseline, x), peaks.fp32, peaks.ours)
 
 
 def _record(rates: dict, key: str, path: str, common: dict, **specific) -> dict:

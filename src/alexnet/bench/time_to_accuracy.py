@@ -1,6 +1,7 @@
 """``alexnet bench time-to-accuracy``: one run of a recipe from a cold cache, timed.
 
-Wall time, accuracy, and when the target accuracy was first reached.
+Wall time, accuracy, when the target accuracy was first reached, and the training
+throughput in GFLOP/s against the machine's matmul peaks.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import time
 
 import torch
 
-from alexnet.bench.harness import environment, format_table
-from alexnet.runtime import pick_device
-from alexnet.training.api import train
+from alexnet.bench.harness import environment, format_table, matmul_peaks, training_gflop
+from alexnet.io.model_file import read_model_file
+from alexnet.runtime import pick_device, precision_name, resolve_precision
+from alexnet.training.api import RunResult, train
 
 __all__ = ["bench_time_to_accuracy", "format_time_to_accuracy"]
 
@@ -62,6 +64,7 @@ def bench_time_to_accuracy(
     ]
     reached = next(((e, t) for e, t, top1 in curve if top1 >= target), None)
     final = result.history[-1] if result.history else {}
+    device = pick_device(result.config.device or "auto")
     return {
         "bench": "time-to-accuracy",
         "recipe": recipe,
@@ -82,9 +85,30 @@ def bench_time_to_accuracy(
         "test_top1": result.test_top1,
         "tta": result.config.tta,
         "images_per_s": round(result.images_per_s, 1),
+        **_roofline(result, device),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "curve": [{"epoch": e, "time_s": round(t, 1), "val_top1": v} for e, t, v in curve],
-        **environment(torch.get_num_threads(), pick_device(result.config.device or "auto")),
+        **environment(torch.get_num_threads(), device),
+    }
+
+
+def _roofline(result: RunResult, device: torch.device) -> dict:
+    """The run's training GFLOP/s (its training images/s x 3x the forward GFLOP of the
+    recipe's net at the recipe's image size) against the matmul peaks of this machine."""
+    _, meta = read_model_file(result.paths["model"])  # the size and channels it trained at
+    one_image = torch.zeros(1, meta.in_channels, meta.image_size, meta.image_size, device=device)
+    gflop = training_gflop(result.model, one_image)  # forward + backward = 3x forward
+    dtype = resolve_precision(result.config.precision, device)
+    peaks = matmul_peaks(dtype, device)
+    achieved = result.images_per_s * gflop
+    return {
+        "image_size": meta.image_size,
+        "precision": precision_name(dtype),
+        "gflop_per_image": float(f"{gflop:.6g}"),
+        "achieved_gflops": float(f"{achieved:.4g}"),
+        "matmul_peak_gflops_fp32": round(peaks.fp32, 1),
+        "matmul_peak_gflops_ours": round(peaks.ours, 1),
+        "peak_fraction": float(f"{achieved / peaks.ours:.4g}"),
     }
 
 
@@ -117,7 +141,13 @@ def format_time_to_accuracy(records: list[dict]) -> str:
         f"training, validation each epoch (TTA: {r['tta']}), writing the run folder); "
         f"{r['images_per_s']:.0f}"
         f" training images/s; peak RSS {r['peak_rss_mb'] / 1024:.2f} GB; torch {r['torch']}, "
-        f"{r['threads']} threads, load {r['load_avg_1m']}"
+        # one line: the table's last line is read as its note
+        f"{r['threads']} threads, load {r['load_avg_1m']}; "
+        f"roofline: {r['gflop_per_image']:.3g} GFLOP/image per training step at "
+        f"{r['image_size']} px (3x forward); {r['achieved_gflops']:.3g} GFLOP/s, "
+        f"{100 * r['peak_fraction']:.3g}% of a {r['precision']} matmul peak of "
+        f"{r['matmul_peak_gflops_ours']:.0f}"
+        + ("" if r["precision"] == "fp32" else f" (fp32 {r['matmul_peak_gflops_fp32']:.0f})")
         for r in records[:1]
     ]
     return format_table(headers, rows) + "\n" + "\n".join(notes)

@@ -25,7 +25,16 @@ from alexnet.bench.baselines import (
     TutorialTrainingLoop,
     describe_seed_loop,
 )
-from alexnet.bench.harness import environment, forever, format_table, summarize, sync
+from alexnet.bench.harness import (
+    MatmulPeaks,
+    environment,
+    forever,
+    format_table,
+    matmul_peaks,
+    summarize,
+    sync,
+    training_gflop,
+)
 from alexnet.data.bundle import load_data
 from alexnet.data.pipeline import Pipeline, build_pipeline
 from alexnet.errors import UserError
@@ -77,6 +86,10 @@ def bench_train(
     Each round also times ``steps // 2`` compute-only steps of each side on one fixed batch
     (``*_compute_ips``): what precision and layout alone give, without the data paths.
     ``ours_first_epoch_ips`` folds the one-off decode into our first epoch over the folder.
+    The roofline: each side's training GFLOP per image
+    (:func:`alexnet.bench.harness.training_gflop`, 3x the forward) times its end-to-end
+    images/s, against the matmul peaks (:func:`alexnet.bench.harness.matmul_peaks`) in
+    float32 and in our precision, measured after the rounds.
     """
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1")
@@ -120,9 +133,17 @@ def bench_train(
         train_dir, image_size=image_size, batch_size=batch_size, workers=workers, device=dev
     )
     timings = _interleaved_rounds(ours, baseline, steps=steps, rounds=rounds)
+    # After the timed rounds, so the peak's matmuls do not share the machine with them.
+    one_image = torch.zeros(1, 3, image_size, image_size, device=dev)  # (1, C, H, W)
+    roof = _Roofline(
+        training_gflop(ours.net, one_image),
+        training_gflop(baseline.net, one_image),
+        matmul_peaks(amp, dev),
+    )
     return _train_record(
         decoded,
         timings,
+        roof,
         model=model,
         batch_size=batch_size,
         image_size=image_size,
@@ -201,6 +222,7 @@ class _OurTraining:
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(net, name="sgd", lr=SEED_LR, momentum=SEED_MOMENTUM)
+        self.net = net  # eager, shares its parameters with self.model: FLOPs are counted on it
         self.model: nn.Module = torch.compile(net) if compile else net
         self.transform = pipeline.train_tf  # augmentation on the device, a batch at a time
         self.batches = forever(pipeline.train_loader)
@@ -273,9 +295,22 @@ def _interleaved_rounds(
     return _Timings(rates, compute, warm_ours)
 
 
+@dataclass
+class _Roofline:
+    gflop: float  # one training step of ours, per image (forward + backward = 3x forward)
+    baseline_gflop: float  # the same for the baseline's torchvision AlexNet
+    peaks: MatmulPeaks
+
+
+def _sig(value: float) -> float:
+    """Four significant digits: a tiny model's GFLOP/s would round to 0 at two decimals."""
+    return float(f"{value:.4g}")
+
+
 def _train_record(
     decoded: _Decoded,
     timings: _Timings,
+    roof: _Roofline,
     *,
     model: str,
     batch_size: int,
@@ -324,6 +359,14 @@ def _train_record(
         "workers": workers,
         "augment": list(OUR_AUGMENT),
         "baseline": describe_seed_loop(workers),
+        # the roofline: training FLOPs (3x the forward) at the end-to-end rates above
+        "gflop_per_image": float(f"{roof.gflop:.6g}"),
+        "baseline_gflop_per_image": float(f"{roof.baseline_gflop:.6g}"),
+        "ours_gflops": _sig(ours_ips * roof.gflop),
+        "baseline_gflops": _sig(base_ips * roof.baseline_gflop),
+        "matmul_peak_gflops_fp32": round(roof.peaks.fp32, 1),
+        "matmul_peak_gflops_ours": round(roof.peaks.ours, 1),
+        "ours_peak_fraction": _sig(ours_ips * roof.gflop / roof.peaks.ours),
         "warmup_s": round(timings.warmup_s, 2),
         "ours_rounds_ips": [round(r, 1) for r in rates["ours"]],
         "baseline_rounds_ips": [round(r, 1) for r in rates["baseline"]],
@@ -365,7 +408,23 @@ def format_train_table(records: list[dict]) -> str:
         f"steps; baseline: {r['baseline']}; torch {r['torch']}, {r['threads']} threads, "
         f"load {r['load_avg_1m']}\n"
         f"compute only (one fixed batch, no data path): ours {r['ours_compute_ips']:.1f} img/s, "
-        f"baseline {r['baseline_compute_ips']:.1f} img/s ({r['compute_speedup']:.2f}x)"
+        f"baseline {r['baseline_compute_ips']:.1f} img/s ({r['compute_speedup']:.2f}x)\n"
+        + _roofline_line(r)
         for r in records[:1]
     ]
     return format_table(headers, rows) + "\n" + "\n".join(notes)
+
+
+def _roofline_line(r: dict) -> str:
+    """Each side's training GFLOP/s against the matmul peak of the dtype it trains in."""
+    base_size = (
+        ""
+        if r["baseline_gflop_per_image"] == r["gflop_per_image"]
+        else f" (baseline's {r['baseline_gflop_per_image']:.3g})"
+    )
+    return (
+        f"roofline: {r['gflop_per_image']:.3g} GFLOP/image{base_size} per training step "
+        f"(3x forward); ours {r['ours_gflops']:.3g} GFLOP/s, {100 * r['ours_peak_fraction']:.3g}% "
+        f"of a {r['precision']} matmul peak of {r['matmul_peak_gflops_ours']:.0f}; baseline "
+        f"{r['baseline_gflops']:.3g} of {r['matmul_peak_gflops_fp32']:.0f} (fp32)"
+    )

@@ -122,7 +122,7 @@ def _check_options(
     if split not in ("val", "test"):
         raise UserError(f"--split must be val or test, got {split!r}")
     if tta not in TTA_MODES:
-        raise UserError(f"--tta must be none, flip or ten-crop, got {tta!r}")
+        raise UserError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
 

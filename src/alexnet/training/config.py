@@ -41,7 +41,7 @@ __all__ = [
 # The names a key takes, said once: the checks below, the engine and the CLI's choices.
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "step", "plateau", "cosine", "onecycle")
-TTA_MODES = ("none", "flip", "ten-crop")
+TTA_MODES = ("none", "flip", "ten-crop", "mirror-translate")
 
 
 @dataclass
@@ -64,6 +64,8 @@ class TrainConfig:
     # --- model details
     dropout: float | None = None  # None = the variant's default
     init: str = "default"  # default | xavier | paper
+    whiten: bool = False  # alexnet_cifar: conv1 = whitening filters of training patches, frozen
+    dirac: bool = False  # convs after the first start as identities on their first channels
     # --- optimisation
     epochs: int = 10
     batch_size: int = 128  # per process
@@ -72,6 +74,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    norm_lr_scale: float = 1.0  # BatchNorm parameters' lr multiplier (no weight decay on them)
     label_smoothing: float = 0.0
     scheduler: str = "onecycle"  # none | step | plateau | cosine | onecycle
     step_size: int = 30  # step: epochs between decays
@@ -87,7 +90,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping: validated epochs without improvement
     min_delta: float = 0.0  # early stopping: the val top-1 gain (points) that counts
     # --- evaluation
-    tta: str = "none"  # none | flip | ten-crop
+    tta: str = "none"  # none | flip | ten-crop | mirror-translate
     eval_every: int = 1
     # --- where and how fast
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -212,6 +215,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.ema is None or 0.0 < cfg.ema < 1.0, "ema", "must be in (0, 1), e.g. 0.999"),
         (cfg.patience is None or cfg.patience >= 1, "patience", "must be at least 1"),
         (cfg.min_delta >= 0, "min_delta", "must be >= 0"),
+        (cfg.norm_lr_scale > 0, "norm_lr_scale", "must be positive (1 = the same lr as the rest)"),
         (
             cfg.min_delta == 0 or cfg.patience is not None,
             "min_delta",
@@ -229,6 +233,31 @@ def _validate(cfg: TrainConfig) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key} {why}, got {getattr(cfg, key)!r}")
+    _validate_fast_blocks(cfg)
+
+
+def _validate_fast_blocks(cfg: TrainConfig) -> None:
+    """whiten and norm_lr_scale: settings that apply to some runs only."""
+    if cfg.whiten and cfg.model != "alexnet_cifar":
+        raise ConfigError(
+            f"whiten applies to model alexnet_cifar (a first conv without bias, followed by "
+            f"BatchNorm), not {cfg.model}; drop it"
+        )
+    if cfg.whiten and (cfg.init_from is not None or cfg.freeze is not None):
+        raise ConfigError(
+            "whiten does not combine with init_from or freeze (the init weights replace the "
+            "whitened conv1); drop one"
+        )
+    if cfg.dirac and cfg.init_from is not None:
+        raise ConfigError(
+            "dirac does not combine with init_from (the init weights replace the dirac "
+            "start); drop one"
+        )
+    if cfg.norm_lr_scale != 1.0 and (cfg.init_from is not None or cfg.freeze is not None):
+        raise ConfigError(
+            "norm_lr_scale does not combine with init_from or freeze (transfer learning sets "
+            "its own learning rates per layer); drop one"
+        )
 
 
 def _stats_ok(value: str | list[float], positive: bool) -> bool:
@@ -246,7 +275,7 @@ RECIPE_ALIASES = {
 DEFAULT_RECIPE = "digits"
 
 # A recipe's settings tuned for its own model: they do not follow the user to another model.
-MODEL_BOUND = ("model_kwargs", "image_size", "mean", "std", "init", "dropout", "lr")
+MODEL_BOUND = ("model_kwargs", "image_size", "mean", "std", "init", "dropout", "lr", "whiten")
 # ...and for its own dataset: they do not follow the user to another dataset.
 DATASET_BOUND = ("train_split", "val_split")
 
@@ -468,9 +497,10 @@ def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
 # The settings the start of a run shows, in this order.
 SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "batch_size", "lr", "optimizer",
          "scheduler", "augment", "precision", "threads", "init_from", "accumulate", "mixup",
-         "cutmix", "ema", "patience", "min_delta")  # fmt: skip
+         "cutmix", "ema", "patience", "min_delta", "whiten", "dirac", "norm_lr_scale")  # fmt: skip
 # ...of which these only when they are on (not at their default)
-SHOWN_WHEN_ON = ("accumulate", "mixup", "cutmix", "ema", "patience", "min_delta")
+SHOWN_WHEN_ON = ("accumulate", "mixup", "cutmix", "ema", "patience", "min_delta", "whiten", "dirac",
+                 "norm_lr_scale")  # fmt: skip
 
 
 def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:

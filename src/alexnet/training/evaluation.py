@@ -30,6 +30,24 @@ def _probs(model: nn.Module, x: torch.Tensor, device, amp_dtype, channels_last) 
     return logits.float().softmax(dim=1)  # (B, K)
 
 
+def _mirror_translate_probs(
+    model: nn.Module, x: torch.Tensor, device, amp_dtype, channels_last
+) -> torch.Tensor:
+    """Airbench's mirror-and-translate test (its level 2), over probabilities: the image and
+    its mirror at 1/4 each, and the image moved one pixel towards the top left and towards
+    the bottom right (reflect padding fills the edge) and their mirrors at 1/8 each."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H+2, W+2)
+    moved = (padded[..., 2:, 2:], padded[..., :h, :w])  # each (B, C, H, W)
+
+    def both(v: torch.Tensor) -> torch.Tensor:  # a view and its mirror, summed
+        return _probs(model, v, device, amp_dtype, channels_last) + _probs(
+            model, v.flip(-1), device, amp_dtype, channels_last
+        )
+
+    return both(x) / 4 + (both(moved[0]) + both(moved[1])) / 8
+
+
 @torch.inference_mode()
 def evaluate_loader(
     model: nn.Module,
@@ -52,7 +70,9 @@ def evaluate_loader(
 
     ``tta``: ``none``; ``flip`` averages the softmax of the image and its mirror; ``ten-crop``
     averages the four corner and centre ``crop_size`` crops and their mirrors (the paper's
-    test) of what ``transform`` returns (which should then be larger than ``crop_size``).
+    test) of what ``transform`` returns (which should then be larger than ``crop_size``);
+    ``mirror-translate`` weighs the image and its mirror 1/4 each and the image moved one
+    pixel up-left and down-right, and their mirrors, 1/8 each (airbench's test).
     The loss is the negative log of the (averaged) probability of the true class.
     ``confusion[t, p]`` counts images of class t predicted as p; ``precision``, ``recall``
     and ``f1`` per class come from it (:func:`class_scores`). With ``predictions`` the
@@ -78,8 +98,10 @@ def evaluate_loader(
         elif tta == "ten-crop":
             crops = ten_crop(x, crop_size or x.shape[-1])  # (10, B, C, s, s)
             p = sum(_probs(model, c, device, amp_dtype, channels_last) for c in crops) / 10
+        elif tta == "mirror-translate":
+            p = _mirror_translate_probs(model, x, device, amp_dtype, channels_last)
         else:
-            raise UserError(f"unknown --tta {tta!r}; use none, flip or ten-crop")
+            raise UserError(f"unknown --tta {tta!r}; use none, flip, ten-crop or mirror-translate")
         y = y.to(p.device)
         nll = F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="none")  # (B,)
         loss_sum += nll.double().sum()

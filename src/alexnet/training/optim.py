@@ -23,26 +23,25 @@ def build_optimizer(
     nesterov: bool = False,
     weight_decay: float = 0.0,
     groups: list[dict[str, Any]] | None = None,
+    norm_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW with weight decay on weights only.
 
     Biases and normalisation parameters (every parameter with one dimension) get no weight
     decay: shrinking a BatchNorm scale or a bias towards zero does not regularise anything.
-    ``groups`` replaces that split with ready parameter groups (transfer learning gives the
-    pretrained layers their own learning rate).
+    ``norm_lr_scale`` != 1 puts the BatchNorm parameters in a group of their own at
+    ``lr * norm_lr_scale`` (airbench trains BatchNorm biases at a higher rate); the group
+    carries ``lr_scale`` as transfer learning's do, and :class:`LRSchedule` scales it with
+    the rest. ``groups`` replaces that split with ready parameter groups (transfer learning
+    gives the pretrained layers their own learning rate); it does not combine with
+    ``norm_lr_scale``.
     """
+    if groups is not None and norm_lr_scale != 1.0:
+        raise UserError(
+            "norm_lr_scale does not combine with transfer learning's parameter groups; drop one"
+        )
     if groups is None:
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [
-            g
-            for g in (
-                {"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            )
-            if g["params"]
-        ]
+        groups = _default_groups(model, lr, weight_decay, norm_lr_scale)
     if name == "sgd":
         if nesterov and momentum <= 0:
             raise UserError("--nesterov needs a positive --momentum (e.g. --momentum 0.9)")
@@ -50,6 +49,31 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise UserError(f"unknown optimizer {name!r}; use sgd or adamw")
+
+
+def _default_groups(
+    model: nn.Module, lr: float, weight_decay: float, norm_lr_scale: float
+) -> list[dict[str, Any]]:
+    """Weights with decay, 1-D parameters without; with ``norm_lr_scale`` != 1 the
+    BatchNorm parameters apart at their own rate (without decay, like every 1-D parameter)."""
+    norm: set[int] = set()
+    if norm_lr_scale != 1.0:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                norm.update(id(p) for p in m.parameters(recurse=False))
+    decay, no_decay, norm_params = [], [], []
+    for p in model.parameters():
+        if id(p) in norm:
+            norm_params.append(p)
+        else:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": norm_params, "weight_decay": 0.0, "lr": lr * norm_lr_scale,
+         "lr_scale": norm_lr_scale, "name": "norm"},
+    ]  # fmt: skip
+    return [g for g in groups if g["params"]]
 
 
 class LRSchedule:

@@ -1,7 +1,7 @@
 """What one run computes with, built from its config: :class:`TrainingSetup`.
 
-    threads, determinism, seed, device, precision -> data pipeline -> model -> model file
-    metadata -> transfer learning -> optimiser, schedule, loss, mixing -> EMA, early stopping
+    threads, determinism, seed, device, precision -> data pipeline -> model (dirac, whitened
+    conv1) -> model file metadata -> transfer learning -> optimiser, schedule, loss, mixing -> EMA, early stopping
     -> DDP / torch.compile wrappers
 
 Nothing here touches the run folder (:mod:`alexnet.training.run_folder`).
@@ -20,8 +20,9 @@ from alexnet.data.pipeline import build_pipeline
 from alexnet.errors import ConfigError
 from alexnet.io.checkpoint import state_is_finite
 from alexnet.io.model_file import ModelMeta
-from alexnet.models.init import apply_init
+from alexnet.models.init import apply_init, dirac_convs_, whiten_conv_
 from alexnet.models.loading import load_state_into
+from alexnet.models.probe import first_conv
 from alexnet.models.registry import get_model, model_info
 from alexnet.runtime import (
     pick_device,
@@ -38,7 +39,11 @@ from alexnet.training.evaluation import evaluate_loader
 from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.transfer import apply_transfer
 
-__all__ = ["TrainingSetup", "build_model"]
+__all__ = ["WHITEN_IMAGES", "TrainingSetup", "build_model", "whitening_images"]
+
+# Training images whose patches whiten conv1 (``whiten``): at most this many, and at most
+# this many 32x32 images' worth of pixels at larger sizes (~60 MB of float32 either way).
+WHITEN_IMAGES = 5000
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -61,6 +66,21 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     except TypeError as e:
         raise ConfigError(f"model_kwargs do not fit {cfg.model}: {e}") from None
     return model if own_paper_init else apply_init(model, cfg.init)
+
+
+def whitening_images(pipeline, seed: int) -> torch.Tensor:
+    """Up to :data:`WHITEN_IMAGES` training images, (n, C, S, S) float on the CPU, through the
+    evaluation transform (normalised, not augmented), the same ones for the same ``seed``."""
+    split = pipeline.bundle.train
+    size = pipeline.eval_tf.out_size
+    n = min(len(split), WHITEN_IMAGES, max(1, WHITEN_IMAGES * 32 * 32 // (size * size)))
+    g = torch.Generator().manual_seed(seed)  # its own generator: the run's streams are untouched
+    picks = torch.randperm(len(split), generator=g)[:n].sort().values  # (n,)
+    if split.images is not None:
+        raw = split.images[picks]  # (n, C, S, S) uint8
+    else:  # streamed: item i is (uint8 (C, S, S), label)
+        raw = torch.stack([split.dataset[i][0] for i in picks.tolist()])
+    return pipeline.eval_tf(raw).float().contiguous()
 
 
 def recorded_data(cfg: TrainConfig) -> dict[str, Any]:
@@ -169,7 +189,15 @@ class TrainingSetup:
 
     def _build_model(self) -> None:
         cfg, in_ch = self.cfg, self.pipeline.in_channels
-        self.model = build_model(cfg, len(self.classes), in_ch).to(self.device)
+        model = build_model(cfg, len(self.classes), in_ch)
+        # data- and shape-aware starts, before any resume loads saved weights over them
+        if cfg.dirac:
+            dirac_convs_(model)
+        if cfg.whiten:
+            conv1 = first_conv(model)
+            whiten_conv_(conv1, whitening_images(self.pipeline, cfg.seed))
+            conv1.weight.requires_grad_(False)  # whitening stays as computed (airbench's)
+        self.model = model.to(self.device)
         cl = cfg.channels_last
         self.channels_last = cl if cl is not None else self.device.type != "mps"
         if self.channels_last:
@@ -190,6 +218,7 @@ class TrainingSetup:
             nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
             groups=groups,
+            norm_lr_scale=cfg.norm_lr_scale,
         )
         self.schedule = LRSchedule(
             self.optimizer,

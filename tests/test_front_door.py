@@ -120,7 +120,7 @@ def test_another_model_does_not_inherit_the_recipes_model_settings():
     assert cfg.lr == 0.01 and r.sources["lr"] == "model"  # alexnet_paper's own rate
     r = resolve("cifar10-fast", overrides={"model": "alexnet"})
     assert r.config.model_kwargs == {} and r.config.image_size is None and r.config.lr == 0.01
-    assert r.config.augment == ["random_crop:4", "hflip"]  # not the model's: it stays
+    assert r.config.augment == ["random_crop:2,reflect", "hflip"]  # not the model's: it stays
     assert any("model_kwargs" in n and "alexnet_cifar" in n for n in r.notes)
     alexnet.get_model(r.config.model, **r.config.model_kwargs)  # builds: nothing foreign
 
@@ -135,7 +135,7 @@ def test_another_dataset_does_not_inherit_the_recipes_splits():
 def test_the_start_of_a_run_says_where_each_setting_came_from():
     r = resolve("cifar10-fast", overrides={"epochs": 3})
     text = "\n".join(describe(r, width=80))
-    assert "recipe cifar10-fast:" in text and "lr 0.2" in text
+    assert "recipe cifar10-fast:" in text and "lr 0.65" in text
     assert "given: epochs 3" in text
     assert all(len(line) <= 80 for line in text.splitlines())
 

@@ -196,8 +196,11 @@ def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit
     argv += ["--epochs", "2", "--target", "1", "--run-dir", str(tmp_path / "runs")]
     argv += ["--set", "image_size=16", "--set", "batch_size=8"]
     argv += ["--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]
+    argv += ["--set", "eval_every=1"]  # the recipe validates once, at the end
     assert main([*argv, "--json"]) == 0
-    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    rec = json.loads(captured.out)  # stdout is the one JSON object; the run's lines on stderr
+    assert "best val top-1" in captured.err
     rows = read_metrics(next((tmp_path / "runs").iterdir()) / "metrics.csv")
     assert rec["epochs"] == 2 and [r["epoch"] for r in rows] == [1, 2]
     assert rec["final_top1"] == rows[-1]["val_top1"]

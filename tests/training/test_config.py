@@ -273,3 +273,12 @@ def test_cifar10_fast_uses_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
     assert runtime.resolve_precision(cfg.precision, cpu) is None  # float32
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     assert runtime.resolve_precision(cfg.precision, cpu) is torch.bfloat16
+
+
+def test_a_shorter_run_than_the_recipes_warmup_says_what_to_set() -> None:
+    # cifar10-fast warms up for 1.2 epochs; `--epochs 1` must say how to shorten it
+    with pytest.raises(ConfigError) as e:
+        resolve_config(recipe="cifar10-fast", overrides={"epochs": 1})
+    assert str(e.value) == (
+        "warmup_epochs must be in [0, epochs] (epochs 1: e.g. --set warmup_epochs=0.2), got 1.2"
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from alexnet.bench.inference import (
     DEFAULT_INFERENCE_COMPILE,
@@ -174,15 +176,18 @@ def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     if args.seed is not None:
         overrides["seed"] = args.seed
-    record = bench_time_to_accuracy(
-        args.data,
-        recipe=args.recipe,
-        dataset=args.dataset,
-        target=args.target,
-        cache_dir=args.cache_dir,
-        run_dir=args.run_dir,
-        overrides=overrides,
-    )
+    # with --json, stdout carries the one JSON object: the run's own lines go to stderr
+    run_lines = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with run_lines:
+        record = bench_time_to_accuracy(
+            args.data,
+            recipe=args.recipe,
+            dataset=args.dataset,
+            target=args.target,
+            cache_dir=args.cache_dir,
+            run_dir=args.run_dir,
+            overrides=overrides,
+        )
     print(json.dumps(record) if args.json else format_time_to_accuracy([record]), flush=True)
     return 0
 

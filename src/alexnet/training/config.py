@@ -203,7 +203,12 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.step_size >= 1, "step_size", "must be at least 1"),
         (0.0 < cfg.gamma <= 1.0, "gamma", "must be in (0, 1]"),
         (cfg.plateau_patience >= 0, "plateau_patience", "must be >= 0"),
-        (0.0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs", "must be in [0, epochs]"),
+        (
+            0.0 <= cfg.warmup_epochs <= cfg.epochs,
+            "warmup_epochs",
+            f"must be in [0, epochs] (epochs {cfg.epochs}: e.g. --set "
+            f"warmup_epochs={0.2 * cfg.epochs:g})",
+        ),
         (cfg.momentum >= 0, "momentum", "must be >= 0"),
         (not (cfg.nesterov and cfg.momentum <= 0), "nesterov", "needs a positive momentum"),
         (cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)"),

@@ -28,7 +28,10 @@ from alexnet.viz import plots  # by module: tests replace its functions
 from alexnet.viz.figures import as_seen, split_images
 from alexnet.viz.report import write_report as write_report_html
 
-__all__ = ["RunResult", "finish"]
+__all__ = ["REPORT_WORST", "RunResult", "finish"]
+
+# The report shows this many images of highest loss from the final evaluation.
+REPORT_WORST = 16
 
 
 @dataclass
@@ -59,9 +62,20 @@ class RunResult:
 
 
 def finish(
-    setup: TrainingSetup, folder: RunFolder, t_start: float, train_time: float, train_images: int
+    setup: TrainingSetup,
+    folder: RunFolder,
+    t_start: float,
+    train_time: float,
+    train_images: int,
+    *,
+    last_val: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Evaluate the best weights on the test split and write the run's final files."""
+    """Evaluate the best weights on the test split and write the run's final files.
+
+    ``last_val``: the last epoch's validation (with its worst images), reused as the final
+    evaluation when it is one already: no test split, and the weights of record are that
+    epoch's raw weights. With test-time augmentation that pass is most of a minute on a CPU.
+    """
     cfg, paths, bundle = setup.cfg, folder.paths, setup.data
     used = _load_best_weights(setup, folder)
     if not setup.weights_finite():
@@ -73,7 +87,7 @@ def finish(
         )
     has_test = bundle.test is not None and bundle.test is not bundle.val
     shown = bundle.test if has_test else bundle.val
-    res = setup.evaluate(setup.eval_loader(shown), worst=16)  # the report's worst images
+    res = _final_evaluation(setup, folder, shown, used, has_test, last_val)
     test = {k: v for k, v in res.items() if k not in ("confusion", "complete", "time", "worst")}
     wall = time.perf_counter() - t_start
     ips = train_images / train_time if train_time > 0 else 0.0
@@ -119,6 +133,15 @@ def finish(
         paths=paths,
         model=setup.model.eval(),
     )
+
+
+def _final_evaluation(setup, folder, shown, used: str, has_test: bool, last_val) -> dict[str, Any]:
+    """The weights of record on ``shown``, with the report's worst images."""
+    last_epoch = folder.history[-1]["epoch"] if folder.history else None
+    same_weights = used in ("final", f"best (epoch {last_epoch})")  # raw, of the last epoch
+    if not has_test and last_val is not None and same_weights and "worst" in last_val:
+        return {k: v for k, v in last_val.items() if k != "ema"}
+    return setup.evaluate(setup.eval_loader(shown), worst=REPORT_WORST)
 
 
 def _load_best_weights(setup: TrainingSetup, folder: RunFolder) -> str:

@@ -34,7 +34,7 @@ from alexnet.training.config import ResolvedConfig, TrainConfig, describe
 from alexnet.training.console import GracefulStop, say
 from alexnet.training.distributed import fault_point, session, state_digest
 from alexnet.training.engine import Diverged, train_one_epoch
-from alexnet.training.finish import RunResult, finish
+from alexnet.training.finish import REPORT_WORST, RunResult, finish
 from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
 from alexnet.training.run_folder import RunFolder, record_top1
@@ -81,10 +81,10 @@ def run(
         restore_rng(position["rng"])  # last, so nothing above shifts the random streams
     if dist.rank > 0:  # own augmentation and dropout draws; rank 0 keeps the checkpointed stream
         seed_everything(cfg.seed + 1_000_003 * dist.rank + position["epoch"])
-    train_time, train_images = _train_epochs(setup, folder, position, t_start)
+    train_time, train_images, last_val = _train_epochs(setup, folder, position, t_start)
     if dist.is_distributed:
         _record_final_digests(setup, folder)
-    return finish(setup, folder, t_start, train_time, train_images)
+    return finish(setup, folder, t_start, train_time, train_images, last_val=last_val)
 
 
 def _open(cfg: TrainConfig, dist: Any, resume_dir: str | Path | None):
@@ -133,10 +133,11 @@ def _announce(
 
 def _train_epochs(
     setup: TrainingSetup, folder: RunFolder, position: dict[str, Any], t_start: float
-) -> tuple[float, int]:
-    """The epochs from ``position`` to the end; returns (training seconds, images trained)."""
+) -> tuple[float, int, dict[str, Any] | None]:
+    """The epochs from ``position`` to the end; returns (training seconds, images trained,
+    the last epoch's validation or None when the run stopped before it)."""
     cfg = setup.cfg
-    train_time, train_images = 0.0, 0
+    train_time, train_images, last_val = 0.0, 0, None
     with GracefulStop() as stop:
         try:
             for epoch in range(position["epoch"] + 1, cfg.epochs + 1):
@@ -154,6 +155,7 @@ def _train_epochs(
                     if not stats["complete"]:  # Ctrl-C inside the epoch
                         _save_interrupted(setup, folder, epoch, stats)
                     val = _validate(setup, epoch)
+                    last_val = val if epoch == cfg.epochs else None
                 setup.schedule.epoch_end(val["top1"] if val else None)
                 elapsed = time.perf_counter() - t_start
                 if setup.dist.is_main:  # with or without the bar: a log keeps every number
@@ -180,7 +182,7 @@ def _train_epochs(
             raise
         finally:
             folder.close()
-    return train_time, train_images
+    return train_time, train_images, last_val
 
 
 def _start_epoch(setup: TrainingSetup, epoch: int) -> None:
@@ -244,7 +246,10 @@ def _validate(setup: TrainingSetup, epoch: int) -> dict[str, Any] | None:
     if setup.ema is not None:
         setup.dist.sync_buffers(setup.ema.module)
     if epoch % setup.cfg.eval_every == 0 or epoch == setup.cfg.epochs:
-        val = setup.evaluate(setup.val_loader)
+        # the last epoch's keeps the report's worst images too: finish() can then reuse it
+        val = setup.evaluate(
+            setup.val_loader, worst=REPORT_WORST if epoch == setup.cfg.epochs else 0
+        )
         if setup.ema is not None:
             val["ema"] = setup.evaluate(setup.val_loader, model=setup.ema.module)
         return val

@@ -1,7 +1,8 @@
 """Transfer learning: start from trained weights, new head, frozen or slower backbone.
 
-:func:`apply_transfer` is what ``alexnet train --init FILE|imagenet --freeze features``
-does to the freshly built model before the optimiser is made:
+:func:`apply_transfer` is what ``alexnet train --set init_from=FILE|imagenet --set
+freeze=features`` (or the ``transfer-flowers102`` recipe) does to the freshly built model
+before the optimiser is made:
 
 1. loads every layer but the classifier's last one (``layer_names["logits"]``) from the
    init weights, so the model keeps its new head sized for the dataset's classes;
@@ -61,8 +62,8 @@ def load_init_weights(model: nn.Module, init_from: str) -> nn.Module:
         variant = getattr(model, "variant", "")
         if variant != "alexnet":
             raise WeightsError(
-                f"--init imagenet needs --model alexnet (torchvision's ImageNet weights), "
-                f"not {variant}; or pass a weights file"
+                f"init_from imagenet needs --model alexnet (torchvision's ImageNet weights), "
+                f"not {variant}; or set init_from to a weights file"
             )
         head = model.get_submodule(model.layer_names["logits"])
         if head.out_features == 1000:

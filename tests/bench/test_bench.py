@@ -144,7 +144,8 @@ def test_bench_inference_prints_a_table(capsys):
     assert row.startswith("alexnet_cifar") and "fp32" in row and row.rstrip().endswith("x")
 
 
-def _image_folder(root, classes=2, per_class=10, size=40):
+def random_image_folder(root, classes=2, per_class=10, size=40):
+    """``root/train/class<c>/<i>.png``: random RGB images, the same for every call."""
     g = torch.Generator().manual_seed(0)
     for c in range(classes):
         d = root / "train" / f"class{c}"
@@ -156,7 +157,7 @@ def _image_folder(root, classes=2, per_class=10, size=40):
 
 
 def test_bench_train_json_and_table(tmp_path, capsys):
-    root = _image_folder(tmp_path / "data")
+    root = random_image_folder(tmp_path / "data")
     argv = ["bench", "train", "--data", str(root), *TINY_ARGS, "--batch-size", "4"]
     argv += ["--image-size", "64", "--load-size", "72", "--steps", "1", "--rounds", "1"]
     argv += ["--workers", "0", "--cache-dir", str(tmp_path / "cache")]
@@ -191,7 +192,7 @@ def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit
     """The same command on a tiny folder: the figures agree with the run's own metrics."""
     from alexnet.io.metrics_csv import read_metrics
 
-    root = _image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
+    root = random_image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
     argv = ["bench", "time-to-accuracy", "--data", str(root), "--recipe", "cifar10-fast"]
     argv += ["--epochs", "2", "--target", "1", "--run-dir", str(tmp_path / "runs")]
     argv += ["--set", "image_size=16", "--set", "batch_size=8"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from PIL import Image
+from test_bench import random_image_folder
 
 from alexnet.bench.harness import forward_gflop, training_gflop
 from alexnet.cli import main
@@ -19,17 +19,6 @@ ROOFLINE_KEYS = (
     "matmul_peak_gflops_fp32",
     "matmul_peak_gflops_ours",
 )
-
-
-def _image_folder(root, classes=2, per_class=10, size=40):
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        d = root / "train" / f"class{c}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            arr = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
-            Image.fromarray(arr.numpy()).save(d / f"{i}.png")
-    return root
 
 
 def _tiny_forward_gflop(size: int, in_channels: int = 3, num_classes: int = 2) -> float:
@@ -52,7 +41,7 @@ def _positive_floats(rec: dict, keys: tuple[str, ...]) -> None:
 def bench_train_argv(tmp_path_factory):
     """One tiny bench train, as JSON and as the table (each prints, the table is read back)."""
     tmp = tmp_path_factory.mktemp("bench-train")
-    root = _image_folder(tmp / "data")
+    root = random_image_folder(tmp / "data")
     argv = ["bench", "train", "--data", str(root), "--model", "alexnet_cifar"]
     argv += ["--model-kwargs", json.dumps(TINY), "--batch-size", "4", "--image-size", "64"]
     argv += ["--load-size", "72", "--steps", "1", "--rounds", "1", "--workers", "0"]
@@ -113,7 +102,7 @@ def test_training_gflop_is_three_forwards_and_leaves_the_model_training():
 
 
 def test_time_to_accuracy_reports_the_runs_gflops_against_the_peaks(tmp_path, capsys):
-    root = _image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
+    root = random_image_folder(tmp_path / "data", classes=2, per_class=12, size=20)
     argv = ["bench", "time-to-accuracy", "--data", str(root), "--recipe", "cifar10-fast"]
     argv += ["--epochs", "1", "--target", "1", "--run-dir", str(tmp_path / "runs")]
     argv += ["--set", "image_size=16", "--set", "batch_size=8", "--set", "precision=fp32"]

@@ -133,13 +133,7 @@ def bench_train(
         train_dir, image_size=image_size, batch_size=batch_size, workers=workers, device=dev
     )
     timings = _interleaved_rounds(ours, baseline, steps=steps, rounds=rounds)
-    # After the timed rounds, so the peak's matmuls do not share the machine with them.
-    one_image = torch.zeros(1, 3, image_size, image_size, device=dev)  # (1, C, H, W)
-    roof = _Roofline(
-        training_gflop(ours.net, one_image),
-        training_gflop(baseline.net, one_image),
-        matmul_peaks(amp, dev),
-    )
+    roof = _roofline(ours, baseline, image_size, amp, dev)  # after the rounds: no shared CPU
     return _train_record(
         decoded,
         timings,
@@ -300,6 +294,16 @@ class _Roofline:
     gflop: float  # one training step of ours, per image (forward + backward = 3x forward)
     baseline_gflop: float  # the same for the baseline's torchvision AlexNet
     peaks: MatmulPeaks
+
+
+def _roofline(ours, baseline, image_size: int, amp, dev: torch.device) -> _Roofline:
+    """Each side's training FLOPs per image and the matmul peaks they are measured against."""
+    one_image = torch.zeros(1, 3, image_size, image_size, device=dev)  # (1, C, H, W)
+    return _Roofline(
+        training_gflop(ours.net, one_image),
+        training_gflop(baseline.net, one_image),
+        matmul_peaks(amp, dev),
+    )
 
 
 def _sig(value: float) -> float:

@@ -38,6 +38,9 @@ def test_without_the_serve_extra_it_says_what_to_install(monkeypatch, capsys, mo
         (["--max-batch", "0"], "--max-batch must be at least 1"),
         (["--port", "70000"], "--port must be 0-65535"),
         (["--timeout", "0"], "--timeout must be more than 0"),
+        (["--header-timeout", "0"], "--header-timeout must be more than 0"),
+        (["--min-body-rate", "-1"], "--min-body-rate must be 0 or more"),
+        (["--max-connections-per-client", "-1"], "--max-connections-per-client must be 0"),
     ],
 )
 def test_bad_flags_are_one_line(capsys, model_file, flags, phrase):

@@ -30,6 +30,7 @@ from alexnet.models.pretrained import imagenet_meta, imagenet_weights_path
 from alexnet.models.registry import get_model
 from alexnet.runtime import set_threads
 from alexnet.serve.app import ServeSettings, create_app
+from alexnet.serve.guard import ConnectionLimits
 from alexnet.serve.model import ServedModel, load_served_model, served_model
 from alexnet.serve.server import BackgroundServer
 
@@ -189,7 +190,12 @@ def bench_serve(
     base_app = create_app(base_model, ServeSettings(max_batch=1, max_wait_ms=0, max_queue=4 * top))
     bodies = _jpegs(ours_model.meta)
     samples: dict[tuple[str, int], list[dict]] = {}
-    with BackgroundServer(ours_app) as ours_url, BackgroundServer(base_app) as base_url:
+    # the load generator is one address with `top` connections: the per-client cap must allow them
+    limits = ConnectionLimits(max_per_client=max(ConnectionLimits.max_per_client, top))
+    with (
+        BackgroundServer(ours_app, limits=limits) as ours_url,
+        BackgroundServer(base_app, limits=limits) as base_url,
+    ):
         urls = {"ours": ours_url, "baseline": base_url}
         for url in urls.values():  # warm-up: kernels chosen, connections and pools started
             load_level(url, bodies, top, duration_s=30.0, max_requests=2 * top)

@@ -59,6 +59,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="allow browsers on ORIGIN (e.g. https://example.org) to call the API; repeatable "
         "(default: no cross-origin calls)",
     )
+    n.add_argument(
+        "--header-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="close a connection whose request headers have not all arrived within S seconds "
+        "(default 5)",
+    )
+    n.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=1000.0,
+        metavar="BYTES",
+        help="close a connection whose request body brings fewer than BYTES a second, measured "
+        "over each --header-timeout stretch (default 1000; 0: no minimum)",
+    )
+    n.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=64,
+        metavar="N",
+        help="open connections one client address may hold; more get a 429 at once (default 64, "
+        "of 1024 in all; 0: no cap, e.g. behind a proxy whose address is every client's)",
+    )
     b = p.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32)")
     b.add_argument(
@@ -98,6 +122,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
     if args.timeout <= 0:
         raise UserError(f"--timeout must be more than 0 seconds, got {args.timeout}")
+    if args.header_timeout <= 0:
+        raise UserError(f"--header-timeout must be more than 0 seconds, got {args.header_timeout}")
+    if args.min_body_rate < 0:
+        raise UserError(f"--min-body-rate must be 0 or more, got {args.min_body_rate}")
+    if args.max_connections_per_client < 0:
+        raise UserError(
+            f"--max-connections-per-client must be 0 (no cap) or more, got {args.max_connections_per_client}"
+        )
     if str(args.checkpoint or "").endswith(".onnx") and args.precision != "auto":
         raise UserError(
             "--precision is for PyTorch models; an .onnx file runs at the precision it was exported in"
@@ -107,6 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # imported here, after the check above: they bring fastapi, uvicorn and python-multipart
     # (the serve extra, ~2 s to import), which `alexnet --help` must not need
     from alexnet.serve.app import ServeSettings, create_app
+    from alexnet.serve.guard import ConnectionLimits
     from alexnet.serve.server import bind, exposure_warning, make_server
     from alexnet.serve.uploads import ACCEPTED_FORMATS
 
@@ -155,7 +188,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # one that returns, so the command ends with its last line and status 0 either way.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        make_server(app, graceful_s=args.timeout).run(sockets=[sock])
+        limits = ConnectionLimits(
+            header_timeout_s=args.header_timeout,
+            min_body_rate=args.min_body_rate,
+            body_timeout_s=args.timeout,
+            max_per_client=args.max_connections_per_client,
+        )
+        make_server(app, graceful_s=args.timeout, limits=limits).run(sockets=[sock])
     except KeyboardInterrupt:  # the Ctrl-C, raised again
         pass
     finally:

@@ -1,7 +1,8 @@
 """uvicorn around the app: the command's server, and one in a background thread for tests and
 ``alexnet bench serve``.
 
-The socket is bound here, before uvicorn starts, so that a port in use is one sentence and a
+Every connection goes through :mod:`alexnet.serve.guard` (header and body timeouts, a cap per
+client address). The socket is bound here, before uvicorn starts, so that a port in use is one sentence and a
 port of 0 (any free one) is known before the first request. uvicorn stops on Ctrl-C / SIGTERM
 by closing the listening socket, answering the requests in flight (up to ``graceful_s``) and
 then running the app's shutdown (the batcher answers what it has queued).
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from alexnet.errors import UserError
 from alexnet.runtime import set_threads
 from alexnet.serve.app import ServeSettings, create_app
+from alexnet.serve.guard import ConnectionLimits, guarded_protocol
 from alexnet.serve.model import load_served_model
 
 __all__ = [
@@ -101,17 +103,25 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(
-    app: FastAPI, *, graceful_s: float = 30.0, log_level: str = "warning"
+    app: FastAPI,
+    *,
+    graceful_s: float = 30.0,
+    limits: ConnectionLimits | None = None,
+    log_level: str = "warning",
 ) -> uvicorn.Server:
+    """uvicorn serving ``app`` through the guard with ``limits`` (default: the command's)."""
+    limits = limits or ConnectionLimits()
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits),  # h11 with the header/body timeouts and per-client cap
+        ws="none",  # no websockets: every connection stays with the guard
         log_level=log_level,
         access_log=False,
         server_header=False,
         lifespan="on",
         timeout_keep_alive=5,  # an idle connection is closed after 5 s
         timeout_graceful_shutdown=int(graceful_s),
-        limit_concurrency=1024,  # more open connections than this get a 503 from uvicorn
+        limit_concurrency=limits.max_connections,  # more open connections get a 503
     )
     return uvicorn.Server(config)
 
@@ -129,11 +139,12 @@ class BackgroundServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        limits: ConnectionLimits | None = None,
         start_timeout_s: float = 120.0,
     ):
         self.app = app
         self.sock = bind(host, port)
-        self.server = make_server(app)
+        self.server = make_server(app, limits=limits)
         self.start_timeout_s = start_timeout_s
         self.thread = threading.Thread(target=self._run, name="alexnet-serve", daemon=True)
         self.error: BaseException | None = None

@@ -1,12 +1,14 @@
 """The server's guard against slow and greedy clients, at the HTTP protocol level.
 
-uvicorn closes an idle keep-alive connection after ``timeout_keep_alive`` and answers 503 once
-``limit_concurrency`` connections are open, but it never closes a connection whose request
-headers do not finish, nor one whose body trickles in: one client holding ~1,000 such sockets
-takes the server away (the slow-headers attack). Neither hypercorn nor granian would fix it for
-free: hypercorn's ``read_timeout`` bounds each read but is off by default and has no
-per-address cap; granian has neither a header timeout nor a per-address cap. So the guard is
-:class:`GuardedH11Protocol`, uvicorn's h11 protocol with three additions:
+uvicorn (0.55, read in its h11 and httptools protocols) closes an idle keep-alive connection
+after ``timeout_keep_alive`` and answers 503 once ``limit_concurrency`` connections are open,
+but never closes a connection whose request headers do not finish, nor one whose body trickles
+in: one client holding ~1,000 such sockets takes the server away (the slow-headers attack).
+granian has a header timeout (``--http1-header-read-timeout``, 30 s by default) and a cap on
+requests in flight (``--backpressure``), but no minimum body rate and no cap per address;
+hypercorn's configuration (as read) has a keep-alive timeout and a header size limit, none of
+the three. Changing servers would bring half of it and a new dependency, so the guard is
+:class:`GuardedH11Protocol`: uvicorn's h11 protocol with three additions:
 
 - the request line and headers must arrive within ``header_timeout_s`` of the connection being
   made, or of the first byte of a later request on a kept-alive connection; else a 408 sentence
@@ -20,7 +22,9 @@ per-address cap; granian has neither a header timeout nor a per-address cap. So 
   (after a short linger, so that the answer is read rather than lost to a reset).
 
 The parser is h11 (pure Python, uvicorn's own) whether or not httptools is installed, because
-the guard reads h11's request states: waiting for headers, receiving a body, done.
+the guard reads h11's request states: waiting for headers, receiving a body, done. The server
+has no websockets, so no connection leaves the guard for another protocol. uvicorn's own
+command line takes the guard with its defaults as ``--http alexnet.serve.guard:GuardedH11Protocol``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,9 @@ class GuardedH11Protocol(H11Protocol):
             else:
                 self.open_by_client.pop(self._key, None)
         super().connection_lost(exc)
+
+    def _should_upgrade_to_ws(self) -> bool:
+        return False  # an Upgrade header is ignored: the connection stays HTTP and guarded
 
     # -- the request's phases, read from h11's state of the client's side
 

@@ -48,7 +48,10 @@ def app_from_environment() -> FastAPI:
     """The app for uvicorn's own command line, e.g. several worker processes on one machine::
 
         ALEXNET_CHECKPOINT=model.safetensors ALEXNET_THREADS=2 ALEXNET_TOKEN=... \\
-            uvicorn --factory alexnet.serve.server:app_from_environment --workers 4 --port 8000
+            uvicorn --factory alexnet.serve.server:app_from_environment --workers 4 --port 8000 \\
+            --http alexnet.serve.guard:GuardedH11Protocol
+
+    (``--http``: the guard of :mod:`alexnet.serve.guard` with its defaults, per worker process.)
 
     Read from the environment: ``ALEXNET_CHECKPOINT`` (required), ``ALEXNET_TOKEN``,
     ``ALEXNET_THREADS`` (PyTorch threads per worker: cores / workers), ``ALEXNET_MAX_BATCH``,

@@ -139,8 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # imported here, after the check above: they bring fastapi, uvicorn and python-multipart
     # (the serve extra, ~2 s to import), which `alexnet --help` must not need
     from alexnet.serve.app import ServeSettings, create_app
-    from alexnet.serve.guard import ConnectionLimits
-    from alexnet.serve.server import bind, exposure_warning, make_server
+    from alexnet.serve.server import ConnectionLimits, bind, exposure_warning, make_server
     from alexnet.serve.uploads import ACCEPTED_FORMATS
 
     sock = bind(args.host, args.port)  # before loading: a port in use fails at once

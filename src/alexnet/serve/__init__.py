@@ -6,8 +6,10 @@ bodies to image tensors, in memory, with every limit), :mod:`~alexnet.serve.batc
 micro-batching queue and its forward thread), :mod:`~alexnet.serve.explain` (the Grad-CAM
 overlay), :mod:`~alexnet.serve.metrics` (Prometheus), :mod:`~alexnet.serve.page` (the page at
 ``/``), :mod:`~alexnet.serve.app` (the FastAPI routes), :mod:`~alexnet.serve.schema` (the
-answers and error answers the OpenAPI schema describes) and :mod:`~alexnet.serve.server`
-(uvicorn: the command's server and a background one for tests and ``alexnet bench serve``).
+answers and error answers the OpenAPI schema describes), :mod:`~alexnet.serve.guard` (the
+header and body timeouts and the cap per client address, in uvicorn's h11 protocol) and
+:mod:`~alexnet.serve.server` (uvicorn: the command's server and a background one for tests and
+``alexnet bench serve``).
 
 This module imports none of them, so that without the ``serve`` extra the command can still
 say what to install (:func:`require_serve_dependencies`).

@@ -27,6 +27,7 @@ from alexnet.serve.model import load_served_model
 
 __all__ = [
     "BackgroundServer",
+    "ConnectionLimits",
     "app_from_environment",
     "bind",
     "exposure_warning",

@@ -120,28 +120,30 @@ def test_one_client_with_many_partial_connections_cannot_take_the_server_away(se
             s.close()
         held = held[:16]
         assert all(a.startswith(b"HTTP/1.1 429") for a in refused), refused[:2]
+        assert all(a.endswith(b'."}') for a in refused), refused[:2]  # whole, then closed
         assert "16 open connections" in sentence(refused[0])
         assert sentence(refused[0]).endswith(".")
 
         # the polite client, from its own address, is answered within a second meanwhile
-        slowest = 0.0
-        while time.monotonic() - t0 < limits.header_timeout_s:
+        times = []
+        while not times or time.monotonic() - t0 < limits.header_timeout_s:
             for path in ("/healthz", "/v1/predict"):
                 t = time.monotonic()
                 r = c.get(path) if path == "/healthz" else c.post(path, content=photo)
-                slowest = max(slowest, time.monotonic() - t)
+                times.append(time.monotonic() - t)
                 assert r.status_code == 200, (path, r.status_code, r.text)
-        assert slowest < 1.0, slowest
+        assert max(times) < 1.0, times
 
         # the 16 held ones are closed within the header timeout plus a margin, with a 408
         answers = [
-            read_all(s, timeout_s=t0 + limits.header_timeout_s + 2.0 - time.monotonic())
+            read_all(s, timeout_s=max(0.1, t0 + limits.header_timeout_s + 2.0 - time.monotonic()))
             for s in held
         ]
         closed_after = time.monotonic() - t0
         for s in held:
             s.close()
         assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
+        assert all(a.endswith(b'."}') for a in answers), answers[:2]  # whole, then closed
         assert "headers did not arrive within 1.5 s" in sentence(answers[0])
         assert closed_after < limits.header_timeout_s + 2.0
         # the address's count went down as its connections closed: it may connect again

@@ -9,9 +9,7 @@ import sys
 
 from alexnet.cli.options import add_device, add_precision, check_positive
 from alexnet.errors import UserError
-from alexnet.runtime import pick_device, set_threads
 from alexnet.serve import require_serve_dependencies
-from alexnet.serve.model import load_served_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,9 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     token = args.token or os.environ.get("ALEXNET_TOKEN") or None
 
-    # imported here, after the check above: they bring fastapi, uvicorn and python-multipart
-    # (the serve extra, ~2 s to import), which `alexnet --help` must not need
+    # imported here, after the check above: they bring torch and the serve extra (fastapi,
+    # uvicorn, python-multipart; ~2 s to import), which `alexnet --help` must not need
+    from alexnet.runtime import pick_device, set_threads
     from alexnet.serve.app import ServeSettings, create_app
+    from alexnet.serve.model import load_served_model
     from alexnet.serve.server import bind, exposure_warning, make_server
     from alexnet.serve.uploads import ACCEPTED_FORMATS
 

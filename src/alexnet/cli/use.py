@@ -204,9 +204,9 @@ def _add_viz_gradcam(vsub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--class",
         dest="class_idx",
-        type=int,
-        metavar="IDX",
-        help="class index (default: the top prediction)",
+        metavar="NAME_OR_IDX",
+        help="the class to explain: a class name of the model or its index (default: the top "
+        "prediction)",
     )
     v.add_argument(
         "--layer",
@@ -407,8 +407,11 @@ def cmd_viz_gradcam(args: argparse.Namespace) -> int:
     model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
     out = args.output or f"{Path(args.image).stem}-gradcam.png"
-    path = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)
-    print(f"wrote {path}")
+    r = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)
+    drew = f"Grad-CAM of class {r.class_idx} '{r.label}' (p = {r.prob:.3f})"
+    if r.predicted != r.class_idx:
+        drew += f"; the top prediction is {r.predicted} '{r.predicted_label}'"
+    print(f"wrote {r.path}: {drew}")
     return 0
 
 

@@ -240,3 +240,36 @@ def test_the_best_epoch_label_lies_inside_the_plot(best_epoch):
     box, frame = label.get_window_extent(renderer), ax.get_window_extent(renderer)
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1, (box, frame)
     assert frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+
+
+# ---------------------------------------------------------------- in a Jupyter notebook
+
+
+@pytest.mark.slow
+def test_a_notebook_gets_one_line_per_epoch_and_no_iprogress_warning(tmp_path, monkeypatch):
+    # a real kernel (nbclient); without ipywidgets, as `pip install -e '.[dev]'` leaves it
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    if progress._widgets():
+        pytest.skip("ipywidgets is installed: the notebook gets the widget bar instead")
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    config = {**TINY_CONFIG, "progress": True, "epochs": 2, "run_dir": str(tmp_path / "runs")}
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"import alexnet\nalexnet.train(**{config!r})")]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
+    assert "IProgress" not in text and "\r" not in text
+    assert "|" not in text, text  # no bar frames: tqdm's text bar draws |####   |
+    epochs = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and "1/2" in epochs[0] and "2/2" in epochs[1], text
+
+
+def test_a_notebook_with_ipywidgets_gets_the_widget_bar(monkeypatch):
+    monkeypatch.setattr(progress, "_in_notebook", lambda: True)
+    monkeypatch.setattr(progress, "_widgets", lambda: True)
+    plain, _ = progress._bar_class()
+    assert plain.__module__ == "tqdm.notebook"
+    monkeypatch.setattr(progress, "_widgets", lambda: False)
+    assert not progress.interactive(io.StringIO())  # no widget: no bar at all
+    assert progress._bar_class()[0].__module__ == "tqdm.std"

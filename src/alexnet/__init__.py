@@ -1,40 +1,36 @@
-"""alexnet: the AlexNet toolkit for PyTorch."""
+"""alexnet: the AlexNet toolkit for PyTorch.
 
-from alexnet.inference.loading import load_model_file
-from alexnet.io.model_file import ModelMeta, save_model_file
-from alexnet.models.explain import explain
-from alexnet.models.loading import load_weights
-from alexnet.models.pretrained import imagenet_meta
-from alexnet.models.registry import count_parameters, get_model, list_models, model_info
-from alexnet.models.summary import summarize
-from alexnet.models.trace import trace
+Every public name is imported on first use (PEP 562), so that ``import alexnet`` (and with
+it ``alexnet --help``) costs no torch: the table below says where each name lives.
+"""
+
 from alexnet.version import __version__
 
-__all__ = ["get_model", "list_models", "model_info", "__version__"]
-__all__ += [
-    "count_parameters",
-    "explain",
-    "summarize",
-    "trace",
-    "ModelMeta",
-    "imagenet_meta",
-    "load_model_file",
-    "load_weights",
-    "save_model_file",
-]
-
-# Training and evaluating a saved model (``alexnet.evaluate`` is the name the README gives
-# evaluate_model_file; no module of the package is called ``train`` or ``evaluate``).
-from alexnet.inference.evaluate import evaluate_model_file  # noqa: E402
-from alexnet.training.api import lr_find, train  # noqa: E402
-from alexnet.training.config import TrainConfig, resolve_config  # noqa: E402
-
-evaluate = evaluate_model_file
-
-__all__ += ["train", "lr_find", "evaluate", "evaluate_model_file", "TrainConfig", "resolve_config"]
+# public name -> (module, attribute in it); ``alexnet.evaluate`` is the name the README gives
+# evaluate_model_file (no module of the package is called ``train`` or ``evaluate``).
+_NAMES = {
+    "get_model": ("alexnet.models.registry", "get_model"),
+    "list_models": ("alexnet.models.registry", "list_models"),
+    "model_info": ("alexnet.models.registry", "model_info"),
+    "count_parameters": ("alexnet.models.registry", "count_parameters"),
+    "explain": ("alexnet.models.explain", "explain"),
+    "summarize": ("alexnet.models.summary", "summarize"),
+    "trace": ("alexnet.models.trace", "trace"),
+    "ModelMeta": ("alexnet.io.model_file", "ModelMeta"),
+    "save_model_file": ("alexnet.io.model_file", "save_model_file"),
+    "imagenet_meta": ("alexnet.models.pretrained", "imagenet_meta"),
+    "load_model_file": ("alexnet.inference.loading", "load_model_file"),
+    "load_weights": ("alexnet.models.loading", "load_weights"),
+    "train": ("alexnet.training.api", "train"),
+    "lr_find": ("alexnet.training.api", "lr_find"),
+    "evaluate": ("alexnet.inference.evaluate", "evaluate_model_file"),
+    "evaluate_model_file": ("alexnet.inference.evaluate", "evaluate_model_file"),
+    "TrainConfig": ("alexnet.training.config", "TrainConfig"),
+    "resolve_config": ("alexnet.training.config", "resolve_config"),
+}
 
 # Modules a notebook reaches after ``import alexnet`` by their short names
-# (``alexnet.predict.predict(...)``), imported on first use: some pull in matplotlib or onnx.
+# (``alexnet.predict.predict(...)``).
 _SUBMODULES = {
     "predict": "alexnet.inference.api",
     "export": "alexnet.inference.export",
@@ -48,14 +44,21 @@ _SUBMODULES = {
     "report": "alexnet.viz.report",
 }
 
+__all__ = ["__version__", *_NAMES]
+
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        import importlib
+    import importlib
 
+    if name in _NAMES:
+        module, attr = _NAMES[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value  # once: later lookups are plain attribute reads
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))

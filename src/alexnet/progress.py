@@ -4,15 +4,20 @@ A log file (``alexnet train > log.txt 2>&1``) gets no bar (a bar writes a ``\\r`
 few steps) but one line per epoch with every number, as Keras's ``verbose=2`` does. On a
 terminal the bar puts its numbers first, so a narrow window cuts the bar, not the numbers,
 and the epoch line is fitted to the window's width.
+
+In a Jupyter notebook the bar is tqdm's widget (one bar that updates in place) when
+ipywidgets is installed (``pip install 'alexnet[notebooks]'``); without it there is no bar,
+only the epoch lines: tqdm's text bar would print a new line for every frame there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from typing import IO, Any
 
-__all__ = ["bar", "epoch_line", "interactive", "terminal_width"]
+__all__ = ["bar", "epoch_line", "interactive", "terminal_width", "write"]
 
 
 def _in_notebook() -> bool:
@@ -27,15 +32,21 @@ def _in_notebook() -> bool:
         return False
 
 
+def _widgets() -> bool:
+    """ipywidgets is installed: tqdm can draw its notebook bar."""
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def interactive(stream: IO[str] | None = None) -> bool:
-    """True when ``stream`` (default stderr) is a terminal someone watches, or a notebook."""
+    """True when ``stream`` (default stderr) is a terminal someone watches, or a notebook
+    that can show a widget bar."""
     stream = sys.stderr if stream is None else stream
     try:
         if stream.isatty():
             return True
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
-    return _in_notebook()
+    return _in_notebook() and _widgets()
 
 
 def terminal_width(stream: IO[str] | None = None) -> int | None:
@@ -62,7 +73,12 @@ def _numbers(items: dict[str, Any]) -> str:
 
 
 def _bar_class():
-    from tqdm.auto import tqdm
+    # chosen here, not by tqdm.auto: in a notebook without ipywidgets tqdm.auto warns
+    # "IProgress not found" and prints its text bar a line per frame
+    if _in_notebook() and _widgets():
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
 
     class NumbersFirst(tqdm):
         """A bar whose ``set_postfix`` numbers follow its description, in the order given
@@ -73,6 +89,13 @@ def _bar_class():
             self.set_description_str(f"{self._base} {_numbers(items)}", refresh=refresh)
 
     return tqdm, NumbersFirst
+
+
+def write(msg: str, file: IO[str] | None = None) -> None:
+    """Print a line (to stdout) without tearing a bar that is showing."""
+    from tqdm.std import tqdm  # every bar's class derives from it and shares its instances
+
+    tqdm.write(msg, file=file or sys.stdout)
 
 
 def bar(

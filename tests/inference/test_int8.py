@@ -120,9 +120,11 @@ def test_float_onnx_file_predicts_like_the_pytorch_model(trained, tmp_path: Path
         assert main(argv) == 0
         answers[path.suffix] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for a, b in zip(answers[".safetensors"], answers[".onnx"], strict=True):
-        a, b = a["predictions"], b["predictions"]
+        a, b = a["top"], b["top"]
         assert a[0]["label"] == b[0]["label"] == "blue"
-        np.testing.assert_allclose([p["prob"] for p in a], [p["prob"] for p in b], atol=1e-3)
+        np.testing.assert_allclose(
+            [p["probability"] for p in a], [p["probability"] for p in b], atol=1e-3
+        )
 
 
 def test_int8_needs_onnx_and_calibration_images(trained, tmp_path: Path, capsys):

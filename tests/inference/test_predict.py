@@ -208,12 +208,39 @@ def test_predict_cli_exit_status_and_stderr(
     out, err = capsys.readouterr()
     assert rc == 0 and err == ""
     rows = [json.loads(line) for line in out.strip().splitlines()]
-    assert [r["path"] for r in rows] == [str(g) for g in good]
+    assert [r["file"] for r in rows] == [str(g) for g in good]
     for r in rows:
-        assert len(r["predictions"]) == 2
-        assert set(r["predictions"][0]) == {"label", "prob"}
-        assert r["predictions"][0]["label"] in CLASSES
-        assert r["predictions"][0]["prob"] >= r["predictions"][1]["prob"]
+        assert len(r["top"]) == 2
+        assert r["top"][0]["label"] == CLASSES[r["top"][0]["index"]]
+        assert r["top"][0]["probability"] >= r["top"][1]["probability"]
+
+
+def test_predict_json_is_the_http_apis_shape(tmp_path: Path, model_file: Path, capsys) -> None:
+    # one schema for one prediction: `alexnet predict --json` prints, per line, exactly what
+    # the HTTP API answers for the image under "predictions" (serve/schema.py FilePrediction)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from alexnet.serve.app import create_app
+    from alexnet.serve.model import load_served_model
+    from alexnet.serve.schema import FilePrediction
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_rgb(3)).save(photo)
+    assert main(["predict", str(photo), "--checkpoint", str(model_file), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    FilePrediction.model_validate(line)  # the API's declared schema accepts the CLI's line
+    served = load_served_model(model_file, precision="fp32", channels_last=False)
+    with TestClient(create_app(served)) as client:
+        files = {"file": ("photo.png", photo.read_bytes(), "image/png")}
+        (answer,) = client.post("/v1/predict", files=files).json()["predictions"]
+    assert set(answer) == set(line) == {"file", "top"}
+    assert answer["file"] == "photo.png" and line["file"] == str(photo)
+    assert [(t["label"], t["index"]) for t in answer["top"]] == [
+        (t["label"], t["index"]) for t in line["top"]
+    ]
+    got = [t["probability"] for t in line["top"]]
+    assert got == pytest.approx([t["probability"] for t in answer["top"]], abs=1e-5)
 
 
 def test_model_source_must_be_exactly_one(model_file: Path) -> None:
@@ -329,3 +356,16 @@ def test_features_of_a_dataset_split(model_file: Path) -> None:
 def test_bad_input_is_one_line() -> None:
     bad = BadInput("a.jpg", "first line\nsecond line")
     assert str(bad) == "a.jpg: first line second line"
+
+
+def test_a_torchscript_file_is_named_for_what_it_is(tmp_path: Path, capsys) -> None:
+    model = get_model("alexnet_cifar", num_classes=3, **TINY).eval()
+    scripted = tmp_path / "model.pt"
+    torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).save(str(scripted))  # export's way
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_rgb(1)).save(photo)
+    assert main(["predict", str(photo), "--checkpoint", str(scripted)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{scripted} is a TorchScript export" in err
+    assert "model.safetensors" in err and ".onnx" in err

@@ -31,8 +31,10 @@ def test_an_old_checkpoint_holds_the_same_weights_as_its_model_file():
         assert torch.equal(tensor, state["model"][key]), key
 
 
-def test_an_old_checkpoint_evaluates_on_its_own_data(capsys):
-    assert main(["eval", "--checkpoint", str(OLD_RUN / "checkpoints" / "best.pt"), "--json"]) == 0
+def test_an_old_checkpoint_evaluates_on_its_own_data(capsys, tmp_path):
+    # --output: the confusion PNG goes to tmp_path, not into the stored fixture
+    ck = str(OLD_RUN / "checkpoints" / "best.pt")
+    assert main(["eval", "--checkpoint", ck, "--json", "--output", str(tmp_path / "cm.png")]) == 0
     out = capsys.readouterr()
     assert '"dataset": "digits"' in out.out and "was trained on" in out.err
 

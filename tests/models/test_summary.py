@@ -181,3 +181,37 @@ def test_input_size_may_be_one_side() -> None:
     conv1 = explain("alexnet_paper", 224).splitlines()[1]
     assert conv1.startswith("conv1") and "floor((224 - 11 + 2*0) / 4) + 1 = 54" in conv1
     assert trace("alexnet_d2l", 224) == trace("alexnet_d2l", (1, 224, 224))
+
+
+# ---- the same option names as train and eval, and a trained model file -------------------
+
+
+def test_cli_summary_takes_image_size_like_train(capsys):
+    r = _main(capsys, "summary", "alexnet_cifar", "--image-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "input 1x3x64x64" in r.stdout
+    # the older spelling of the whole shape still works
+    r = _main(capsys, "summary", "alexnet_cifar", "--input-size", "3", "48", "48")
+    assert r.returncode == 0, r.stderr
+    assert "input 1x3x48x48" in r.stdout
+    with pytest.raises(SystemExit) as e:
+        main(["summary", "alexnet_cifar", "--image-size", "64", "--input-size", "3", "4", "4"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_summary_reads_a_trained_model_file(capsys, tmp_path):
+    from alexnet.io.model_file import ModelMeta, save_model_file
+    from alexnet.models.registry import get_model
+
+    model = get_model("alexnet_cifar", num_classes=4, in_channels=1)
+    meta = ModelMeta("alexnet_cifar", 4, 1, 40, classes=["a", "b", "c", "d"])
+    path = save_model_file(tmp_path / "model.safetensors", model, meta)
+    r = _main(capsys, "summary", "--checkpoint", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "alexnet_cifar: input 1x1x40x40, 4 classes" in r.stdout  # its size and classes
+    r = _main(capsys, "summary", "--checkpoint", str(path), "--image-size", "32")
+    assert "input 1x1x32x32" in r.stdout
+    r = _main(capsys, "summary", "alexnet", "--checkpoint", str(path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not both" in r.stderr
+    r = _main(capsys, "summary")
+    assert r.returncode == 2 and "give a VARIANT" in r.stderr

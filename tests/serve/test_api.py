@@ -195,7 +195,8 @@ def test_bad_requests_each_get_a_4xx_and_one_sentence(make_client, photos):
         ),
         (client.post("/v1/predict", params={"topk": 0}, content=png), 422, "topk"),
         (client.post("/v1/predict", params={"topk": "five"}, content=png), 422, "topk"),
-        (client.post("/v1/explain", params={"class": 99}, content=png), 400, "out of range"),
+        # a bad query value is a 422, as README lists it
+        (client.post("/v1/explain", params={"class": 99}, content=png), 422, "out of range"),
         (
             client.post("/v1/explain", files=[("file", (f"{i}.png", png)) for i in range(2)]),
             400,

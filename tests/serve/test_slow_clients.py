@@ -210,7 +210,7 @@ def test_a_body_that_trickles_slower_than_the_minimum_rate_is_cut_off(served):
         s.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert "arrived slower than 1000 bytes a second" in sentence(answer)
-    assert took < 0.5 + 1.5, took
+    assert took < 0.5 + 4.0, took  # the trickle would last 10 s; a loaded CI machine needs slack
 
 
 @pytest.mark.slow

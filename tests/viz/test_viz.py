@@ -83,6 +83,22 @@ def test_viz_gradcam(model_file: Path, photo: Path, tmp_path: Path, monkeypatch)
     assert main([*args[:-2], "--class", "7"]) == 2  # out of range: a sentence, not a traceback
 
 
+def test_viz_gradcam_takes_a_class_name_and_says_what_it_drew(
+    model_file: Path, photo: Path, tmp_path: Path, capsys
+) -> None:
+    args = ["viz", "gradcam", str(photo), "--checkpoint", str(model_file)]
+    out = tmp_path / "cam.png"
+    assert main([*args, "--class", "c", "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote {out}: Grad-CAM of class 2 'c' (p = ")
+    _check_png(out, viz.GRADCAM_SIZE)
+    assert main([*args, "--class", "1", "--output", str(out)]) == 0  # an index still works
+    assert "class 1 'b'" in capsys.readouterr().out
+    assert main([*args, "--class", "dog", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'dog' is neither a class" in err and "a, b, c" in err
+
+
 def test_gradcam_values(model_file: Path, photo: Path) -> None:
     from alexnet.inference.loading import load_model_file
 

@@ -7,14 +7,6 @@ import contextlib
 import json
 import sys
 
-from alexnet.bench.inference import (
-    DEFAULT_INFERENCE_COMPILE,
-    bench_inference,
-    format_inference_table,
-    int8_available,
-)
-from alexnet.bench.time_to_accuracy import bench_time_to_accuracy, format_time_to_accuracy
-from alexnet.bench.training import bench_train, format_train_table
 from alexnet.cli.options import (
     add_device,
     add_json,
@@ -81,9 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULT_INFERENCE_COMPILE,
+        default=None,  # None: bench.inference.DEFAULT_INFERENCE_COMPILE (not imported here)
         help="torch.compile our side with inductor freezing (compiles for ~30-60 s first; "
-        f"default: {'on' if DEFAULT_INFERENCE_COMPILE else 'off'})",
+        "default: on)",
     )
     p.add_argument(
         "--compile-mode",
@@ -178,6 +170,8 @@ def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     # with --json, stdout carries the one JSON object: the run's own lines go to stderr
     run_lines = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    from alexnet.bench.time_to_accuracy import bench_time_to_accuracy, format_time_to_accuracy
+
     with run_lines:
         record = bench_time_to_accuracy(
             args.data,
@@ -279,6 +273,13 @@ def cmd_inference(args: argparse.Namespace) -> int:
     )
     # Unless asked, int8 runs where it can; asked for without onnxruntime, the export says
     # what to install.
+    from alexnet.bench.inference import (  # torch: only when the command runs
+        DEFAULT_INFERENCE_COMPILE,
+        bench_inference,
+        format_inference_table,
+        int8_available,
+    )
+
     int8 = int8_available() if args.int8 is None else args.int8
     records = bench_inference(
         args.model,
@@ -287,7 +288,7 @@ def cmd_inference(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         iters=args.iters,
         warmup=args.warmup,
-        compile=args.compile,
+        compile=DEFAULT_INFERENCE_COMPILE if args.compile is None else args.compile,
         compile_mode=None if args.compile_mode == "default" else args.compile_mode,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -314,6 +315,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    from alexnet.bench.training import bench_train, format_train_table  # torch: when it runs
+
     record = bench_train(
         args.data,
         batch_size=args.batch_size,

@@ -6,13 +6,9 @@ import argparse
 import inspect
 import json
 
-import torch
-
 from alexnet.errors import UserError
-from alexnet.models.explain import explain
-from alexnet.models.registry import count_parameters, get_model, list_models, model_info
-from alexnet.models.summary import summarize
-from alexnet.models.trace import format_trace
+
+# The commands import the models (torch) when they run, not here: see alexnet/cli/__init__.py.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,16 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "summary",
         help="layer table of a variant (shapes, parameters, mult-adds)",
-        description="The layer table of a variant from torchinfo (output shape, parameters, "
-        "mult-adds, totals) for one image.",
+        description="The layer table of a variant, or of a trained model file, from torchinfo "
+        "(output shape, parameters, mult-adds, totals) for one image.",
     )
-    p.add_argument("variant", metavar="VARIANT", help="a name from `alexnet models`")
+    p.add_argument("variant", metavar="VARIANT", nargs="?", help="a name from `alexnet models`")
     p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a trained model instead of VARIANT: a run's model.safetensors or checkpoints/*.pt "
+        "(its variant, classes and image size)",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="input side in pixels, as train and eval take it (default: the variant's native "
+        "size, or the size the model file was trained at)",
+    )
+    size.add_argument(
         "--input-size",
         nargs=3,
         type=int,
         metavar=("C", "H", "W"),
-        help="input channels, height and width (default: the variant's own, e.g. 3 224 224)",
+        help="the whole input shape: channels, height and width (--image-size N is C N N)",
     )
     p.add_argument(
         "--num-classes",
@@ -65,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def models_table() -> list[dict]:
     """One row per variant; parameters counted on the meta device (no memory, no init time)."""
+    import torch
+
+    from alexnet.models.registry import count_parameters, list_models, model_info
+
     rows = []
     for name in list_models():
         info = model_info(name)
@@ -118,16 +132,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    info = model_info(args.variant)  # unknown names fail here, with close matches
+    from alexnet.models.explain import explain
+    from alexnet.models.summary import summarize
+    from alexnet.models.trace import format_trace
+
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
     if args.batch_size is not None and not args.explain:
         raise UserError("--batch-size applies to --explain's memory figures; add --explain")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = get_model(info.name, **kwargs)  # built once for all three views
-    size = tuple(args.input_size) if args.input_size else None
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"--image-size must be at least 1, got {args.image_size}")
+    model, size = _summary_model(args)  # built once for all three views
+    if args.input_size:
+        size = tuple(args.input_size)
+    elif args.image_size is not None:
+        size = args.image_size  # one side: the model's own channels
     print(summarize(model, size))
     if args.trace:
         print()
@@ -137,3 +158,32 @@ def cmd_summary(args: argparse.Namespace) -> int:
         batch = 1 if args.batch_size is None else args.batch_size
         print(explain(model, size, batch_size=batch))
     return 0
+
+
+def _summary_model(args: argparse.Namespace):
+    """(model, default input size) of ``alexnet summary``: a variant built fresh, or the
+    model a file holds, at the size it was trained at."""
+    if args.checkpoint is None:
+        if args.variant is None:
+            raise UserError("give a VARIANT (see `alexnet models`) or --checkpoint FILE")
+        from alexnet.models.registry import get_model, model_info
+
+        info = model_info(args.variant)  # unknown names fail here, with close matches
+        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        return get_model(info.name, **kwargs), None
+    if args.variant is not None:
+        raise UserError(
+            f"give VARIANT or --checkpoint, not both: the model file says its variant; "
+            f"drop {args.variant}"
+        )
+    if args.num_classes is not None:
+        raise UserError("--num-classes is for a VARIANT; the model file has its own classes")
+    if args.checkpoint.endswith(".onnx"):
+        raise UserError(
+            "'alexnet summary' needs the PyTorch model (model.safetensors or a checkpoint), "
+            "not an ONNX export"
+        )
+    from alexnet.inference.loading import load_model_file
+
+    model, meta = load_model_file(args.checkpoint)
+    return model, (meta.in_channels, meta.image_size, meta.image_size)

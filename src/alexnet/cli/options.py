@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
+from alexnet.choices import PRECISIONS
 from alexnet.errors import UserError
-from alexnet.runtime import PRECISIONS
 
 __all__ = [
     "add_device",
@@ -60,7 +60,7 @@ def add_device(p, *, default: str | None = "auto", help: str | None = None) -> N
 
 
 def add_precision(p, *, default: str | None = "auto", help: str | None = None) -> None:
-    """``--precision`` with the choices of :data:`alexnet.runtime.PRECISIONS`."""
+    """``--precision`` with the choices of :data:`alexnet.choices.PRECISIONS`."""
     kwargs = {} if default is None else {"default": default}
     p.add_argument("--precision", choices=list(PRECISIONS), help=help, **kwargs)
 

@@ -9,9 +9,7 @@ import sys
 
 from alexnet.cli.options import add_device, add_precision, check_positive
 from alexnet.errors import UserError
-from alexnet.runtime import pick_device, set_threads
 from alexnet.serve import require_serve_dependencies
-from alexnet.serve.model import load_served_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,9 +134,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     token = args.token or os.environ.get("ALEXNET_TOKEN") or None
 
-    # imported here, after the check above: they bring fastapi, uvicorn and python-multipart
-    # (the serve extra, ~2 s to import), which `alexnet --help` must not need
+    # imported here, after the check above: they bring torch and the serve extra (fastapi,
+    # uvicorn, python-multipart; ~2 s to import), which `alexnet --help` must not need
+    from alexnet.runtime import pick_device, set_threads
     from alexnet.serve.app import ServeSettings, create_app
+    from alexnet.serve.model import load_served_model
     from alexnet.serve.server import ConnectionLimits, bind, exposure_warning, make_server
     from alexnet.serve.uploads import ACCEPTED_FORMATS
 
@@ -164,16 +164,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     m = served.meta
+    routes = "/v1/predict" if served.explainable is None else "/v1/predict and /v1/explain"
     print(f"alexnet serve: http://{shown}:{port}/ (the page; the API's docs at /docs)")
     print(
         f"model: {served.name}, {m.num_classes} classes, runs on {served.runtime}, "
         f"sha256 {served.sha256[:16]}..."
     )
     print(
-        f"accepts: POST /v1/predict and /v1/explain with {', '.join(ACCEPTED_FORMATS)} images "
+        f"accepts: POST {routes} with {', '.join(ACCEPTED_FORMATS)} images "
         f"(multipart fields named file, or the raw body), up to {args.max_bytes / 1e6:g} MB and "
         f"{args.max_files} images a request; framed to {m.in_channels}x{m.image_size}x{m.image_size}"
     )
+    if served.explainable is None:
+        print("explain: unavailable for an ONNX model (Grad-CAM needs the PyTorch model file)")
     print(
         f"batching: up to {args.max_batch} images per pass, waiting at most {args.max_wait_ms:g} ms; "
         f"token {'required' if token else 'not required'}; Ctrl-C stops",

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.cli.options import add_device, add_json, add_precision, add_set
-from alexnet.inference.evaluate import evaluate_model_file as evaluate
-from alexnet.training.api import lr_find, train
 from alexnet.training.config import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -27,7 +25,6 @@ from alexnet.training.config import (
     list_recipes,
     load_recipe,
 )
-from alexnet.training.distributed import ENV_LAUNCHER, launch
 
 S = argparse.SUPPRESS
 
@@ -211,6 +208,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides.update(given)
     if resume is not None and (recipe is not None or config is not None):
         raise ConfigError("--resume continues a run with its own config; drop --recipe/--config")
+    from alexnet.training.api import train  # torch: only when a command runs
+
     train(recipe, config, resume=resume, argv=["alexnet", *sys.argv[1:]], **overrides)
     return 0
 
@@ -227,6 +226,8 @@ def _lr_find(args: argparse.Namespace) -> int:
     config = given.pop("config", None)
     overrides = dict(given.pop("set_", None) or [])
     overrides.update(given)
+    from alexnet.training.api import lr_find  # torch: only when a command runs
+
     lr_find(recipe, config, argv=["alexnet", *sys.argv[1:]], **sweep, **overrides)
     return 0
 
@@ -245,6 +246,8 @@ def _maybe_launch(given: dict[str, Any], command: str) -> int | None:
             "--nproc works from the command line; in Python call "
             f"alexnet.training.distributed.launch(nproc, ['{command}', ...])"
         )
+    from alexnet.training.distributed import launch  # torch: only when a command runs
+
     return launch(
         launcher.get("nproc", 1),
         raw,
@@ -257,6 +260,8 @@ def _maybe_launch(given: dict[str, Any], command: str) -> int | None:
 def _wants_launch(launcher: dict[str, Any]) -> bool:
     """True when the launcher flags ask for more than this one process and this process was
     not itself started by ``--nproc`` (its workers may still see the flags)."""
+    from alexnet.training.distributed import ENV_LAUNCHER  # torch: only when a command runs
+
     if not launcher or os.environ.get(ENV_LAUNCHER):
         return False
     return (
@@ -319,7 +324,9 @@ def _eval(args: argparse.Namespace) -> int:
     if worst_output is None and args.worst is not None:
         ck = Path(args.checkpoint)
         worst_output = ck.with_name(f"{ck.stem}-{args.split}-worst.png")
-    res = evaluate(
+    from alexnet.inference.evaluate import evaluate_model_file  # torch: only when it runs
+
+    res = evaluate_model_file(
         args.checkpoint,
         dataset=args.dataset,
         data=args.data,

@@ -7,18 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from alexnet.choices import LAYER_NAMES
 from alexnet.cli.options import add_device
-from alexnet.data.preprocess import BadInput, load_image
 from alexnet.errors import UserError
-from alexnet.inference.export import calibration_images, default_export_path, export_model
-from alexnet.inference.features import extract_features, save_features
-from alexnet.inference.inputs import expand_inputs
-from alexnet.inference.loading import load_for_inference
-from alexnet.inference.predict import iter_predict
-from alexnet.models.layers import LAYER_NAMES
-from alexnet.runtime import pick_device
 from alexnet.text import plural
-from alexnet.viz.figures import plot_run, save_activations, save_filters, save_gradcam
+
+# The commands below import the library (torch, torchvision, matplotlib, onnx) when they run,
+# not here: `alexnet --help` and `alexnet predict --help` need none of it.
 
 
 def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -45,6 +40,9 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
+    from alexnet.inference.loading import load_for_inference
+    from alexnet.runtime import pick_device
+
     if not onnx_ok and str(args.checkpoint or args.weights or "").endswith(".onnx"):
         raise UserError(
             f"'alexnet {args.command}' needs the PyTorch model (model.safetensors or a "
@@ -206,9 +204,9 @@ def _add_viz_gradcam(vsub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--class",
         dest="class_idx",
-        type=int,
-        metavar="IDX",
-        help="class index (default: the top prediction)",
+        metavar="NAME_OR_IDX",
+        help="the class to explain: a class name of the model or its index (default: the top "
+        "prediction)",
     )
     v.add_argument(
         "--layer",
@@ -235,6 +233,10 @@ def _add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from alexnet.data.preprocess import BadInput
+    from alexnet.inference.inputs import expand_inputs
+    from alexnet.inference.predict import iter_predict
+
     paths, missing = expand_inputs(args.inputs)  # before loading: a typo fails fast
     for bad in missing:
         print(f"alexnet: error: {bad}", file=sys.stderr, flush=True)
@@ -266,6 +268,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    from alexnet.inference.features import extract_features, save_features
+
     if Path(args.source).is_dir():  # a folder of images: the dataset flags do not apply
         for flag, value in (("--data", args.data), ("--split", args.split)):
             if value is not None:
@@ -307,6 +311,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from alexnet.inference.export import calibration_images, default_export_path, export_model
+
     if args.calibration and not args.int8:
         raise UserError("--calibration is for --int8 exports; add --int8 or leave it out")
     if args.calibration_images < 1:
@@ -368,6 +374,8 @@ def _stem(args: argparse.Namespace) -> str:
 
 
 def _image(args: argparse.Namespace, meta):
+    from alexnet.data.preprocess import BadInput, load_image
+
     try:
         return load_image(args.image, channels=meta.in_channels, image_size=meta.image_size)
     except BadInput as bad:
@@ -375,6 +383,8 @@ def _image(args: argparse.Namespace, meta):
 
 
 def cmd_viz_filters(args: argparse.Namespace) -> int:
+    from alexnet.viz.figures import save_filters
+
     model, _ = _load(args, onnx_ok=False)
     out = save_filters(model, args.output or f"{_stem(args)}-conv1-filters.png")
     print(f"wrote {out}")
@@ -382,6 +392,8 @@ def cmd_viz_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_activations(args: argparse.Namespace) -> int:
+    from alexnet.viz.figures import save_activations
+
     model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
     out = args.output or f"{Path(args.image).stem}-{args.layer}.png"
@@ -390,15 +402,22 @@ def cmd_viz_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_gradcam(args: argparse.Namespace) -> int:
+    from alexnet.viz.figures import save_gradcam
+
     model, meta = _load(args, onnx_ok=False)
     image = _image(args, meta)
     out = args.output or f"{Path(args.image).stem}-gradcam.png"
-    path = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)
-    print(f"wrote {path}")
+    r = save_gradcam(model, meta, image, out, class_idx=args.class_idx, layer=args.layer)
+    drew = f"Grad-CAM of class {r.class_idx} '{r.label}' (p = {r.prob:.3f})"
+    if r.predicted != r.class_idx:
+        drew += f"; the top prediction is {r.predicted} '{r.predicted_label}'"
+    print(f"wrote {r.path}: {drew}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from alexnet.viz.figures import plot_run
+
     for path in plot_run(args.run_dir, args.output):
         print(f"wrote {path}")
     return 0

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alexnet.errors import DataError
+from alexnet.progress import bar as progress_bar
 
 try:  # a declared dependency; without it (a platform with no wheel) Pillow decodes JPEGs too
     import simplejpeg
@@ -262,8 +263,6 @@ def decode_files(
     The decoders and the resize release the GIL, so threads use every core. Channels:
     ``channels`` if given, else 1 when every image is grey, else 3.
     """
-    from tqdm.auto import tqdm
-
     n = len(paths)
     out = torch.empty((n, 3, size, size), dtype=torch.uint8)
     grey = torch.zeros(n, dtype=torch.bool)
@@ -285,7 +284,7 @@ def decode_files(
 
     # chunks of files per task: one future per file costs more than decoding a small JPEG
     step = max(1, min(64, n // (threads * 4) or 1))
-    bar = tqdm(total=n, desc=desc, unit="img", disable=True if n < 200 else None, leave=False)
+    bar = progress_bar(total=n, desc=desc, unit="img", enabled=n >= 200, leave=False)
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             futures = [(lo, pool.submit(work, lo, min(n, lo + step))) for lo in range(0, n, step)]

@@ -4,6 +4,7 @@ of ``--checkpoint`` / ``--weights`` / ``--pretrained`` that predict, features an
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,7 +36,24 @@ def load_model_file(
         raise WeightsError(f"model file {path} does not exist")
     if path.suffix == ".onnx":
         return load_onnx_model(path)
+    if is_torchscript(path):
+        raise WeightsError(
+            f"{path} is a TorchScript export (for torch.jit.load); alexnet reads the run's "
+            "model.safetensors or a checkpoint .pt, and predict and eval also take an .onnx export"
+        )
     return build_model_from_file(path, device=device)
+
+
+def is_torchscript(path: Path) -> bool:
+    """True for a file torch.jit.save wrote: a torch zip with the model's code in it."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def load_for_inference(

@@ -25,7 +25,7 @@ from alexnet.inference.loading import model_device
 from alexnet.io.model_file import ModelMeta, class_labels
 from alexnet.training.scoring import ranked
 
-__all__ = ["Prediction", "PredictResult", "iter_predict", "predict"]
+__all__ = ["Prediction", "PredictResult", "iter_predict", "predict", "top_json"]
 
 
 @dataclass
@@ -38,13 +38,20 @@ class Prediction:
     probs: list[float]
 
     def to_json(self) -> dict:
-        return {
-            "path": self.path,
-            "predictions": [
-                {"label": lab, "prob": round(p, 6)}
-                for lab, p in zip(self.labels, self.probs, strict=True)
-            ],
-        }
+        """The one JSON shape of a prediction: a line of ``alexnet predict --json`` and an item
+        of the HTTP API's ``predictions`` (serve/schema.py's FilePrediction)::
+
+            {"file": "cat.jpg", "top": [{"label": "cat", "index": 3, "probability": 0.91}, ...]}
+        """
+        return {"file": self.path, "top": top_json(self.indices, self.labels, self.probs)}
+
+
+def top_json(indices: list[int], labels: list[str], probs: list[float]) -> list[dict]:
+    """The ``top`` list of a prediction's JSON, most probable first."""
+    return [
+        {"label": lab, "index": int(i), "probability": float(p)}
+        for i, lab, p in zip(indices, labels, probs, strict=True)
+    ]
 
 
 @dataclass

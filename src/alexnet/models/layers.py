@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from alexnet.choices import LAYER_NAMES
 from alexnet.errors import UserError
 
 __all__ = ["LAYER_NAMES", "capture_layer", "run_to_layer"]
@@ -40,10 +41,6 @@ def capture_layer(model: nn.Module, layer: str, *, stop: bool = False) -> Iterat
         yield store
     finally:
         handle.remove()
-
-
-# The friendly names every variant gives its layers (``model.layer_names``), in forward order.
-LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "logits")
 
 
 def run_to_layer(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:

@@ -241,8 +241,8 @@ def _check_explainable(served: ServedModel, class_idx: int | None) -> None:
         raise ApiError(409, f"Grad-CAM needs the PyTorch model; {served.source} is an ONNX file.")
     if class_idx is not None and class_idx >= served.meta.num_classes:
         n = served.meta.num_classes
-        raise ApiError(
-            400, f"class {class_idx} is out of range; the model has {n} classes (0..{n - 1})."
+        raise ApiError(  # a bad query value, like class=-1 (which the Query check answers)
+            422, f"class {class_idx} is out of range; the model has {n} classes (0..{n - 1})."
         )
 
 
@@ -317,7 +317,7 @@ def _add_page_route(app: FastAPI) -> None:
     @app.get(
         "/",
         response_class=HTMLResponse,
-        summary="The page: drop a photo, see the top-5 and Grad-CAM",
+        summary="The page: drop a photo, see the top classes and Grad-CAM",
     )
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html(), headers=PAGE_HEADERS)

@@ -25,6 +25,7 @@ from alexnet.errors import UserError
 from alexnet.inference.fast_path import prepare_for_inference
 from alexnet.inference.loading import load_for_inference
 from alexnet.inference.onnx_model import OnnxModel
+from alexnet.inference.predict import top_json
 from alexnet.io.digest import state_digest
 from alexnet.io.model_file import ModelMeta, class_labels
 from alexnet.models.pretrained import imagenet_weights_path
@@ -67,11 +68,9 @@ class ServedModel:
 
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:
         """One image's (K,) probabilities -> its ``k`` best classes, as predict ranks them."""
-        idx = ranked(probs.unsqueeze(0), k)[0]  # ties to the lower index, like alexnet eval
+        idx = ranked(probs.unsqueeze(0), k)[0].tolist()  # ties to the lower index, like eval
         labels = self.labels
-        return [
-            {"label": labels[i], "index": i, "probability": float(probs[i])} for i in idx.tolist()
-        ]
+        return top_json(idx, [labels[i] for i in idx], probs[idx].tolist())
 
     def warm_up(self, max_batch: int) -> None:
         """One pass at batch 1 and one at ``max_batch``: oneDNN picks its kernels, memory is

@@ -1,7 +1,7 @@
 """The page at ``/``: one self-contained HTML file (inline styles and script, no CDN).
 
 It lives in ``static/index.html`` (package data) and is read once. What it does: drop, paste
-or choose a photo; it shows the photo, the top-5 classes as bars, the Grad-CAM overlay
+or choose a photo; it shows the photo, the top classes (at most 5) as bars, the Grad-CAM overlay
 (a toggle) and the model card (variant, classes, the layer table of ``alexnet summary``).
 """
 

@@ -83,7 +83,7 @@ def error_responses(*codes: int) -> dict:
         409: "the served model cannot do this (Grad-CAM of an ONNX file)",
         413: "the body, the number of images or an image's pixels are over the limits",
         415: "a body or image type the server does not take",
-        422: "a query parameter out of range",
+        422: "a query value out of range or of the wrong type (topk, class, layer)",
         503: "the queue is full or the answer did not come in time (see Retry-After)",
     }
     return {c: {"model": ErrorBody, "description": why[c]} for c in codes}

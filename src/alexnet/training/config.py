@@ -18,11 +18,8 @@ from typing import Any
 
 import yaml
 
-from alexnet.data.sources import REGISTRY
+from alexnet.choices import INIT_SCHEMES, PRECISIONS
 from alexnet.errors import ConfigError
-from alexnet.models.init import INIT_SCHEMES
-from alexnet.models.registry import model_info
-from alexnet.runtime import PRECISIONS
 
 __all__ = [
     "OPTIMIZERS",
@@ -370,6 +367,8 @@ def resolve(
     _refuse_unused_flags(values, flags)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
+        from alexnet.models.registry import model_info  # torch: not at `alexnet --help`
+
         values["lr"] = model_info(model).default_lr
         sources["lr"] = "model"
     cfg = TrainConfig(**values)
@@ -404,6 +403,8 @@ def _leaves_default_dataset(flags: dict[str, Any]) -> bool:
 
 
 def _dataset_source(name: str):
+    from alexnet.data.sources import REGISTRY  # torch: not at `alexnet --help`
+
     return REGISTRY.get(name)
 
 
@@ -523,6 +524,8 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
             value = " ".join(map(str, value)) or "none"
         where = sources.get(key, "default")
         if key == "image_size" and value is None:
+            from alexnet.models.registry import model_info  # torch: not at `alexnet --help`
+
             value = f"{model_info(cfg.model).native_input_size} (the model's native size)"
         if where == "model":  # a default of the chosen variant
             where, value = "default", f"{value} ({cfg.model}'s)"

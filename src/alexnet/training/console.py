@@ -6,14 +6,14 @@ import signal
 import sys
 import threading
 
+from alexnet.progress import write
+
 __all__ = ["GracefulStop", "say"]
 
 
 def say(msg: str) -> None:
     """Print a line without tearing a progress bar."""
-    from tqdm.auto import tqdm  # on first use, as alexnet.progress does: it probes for Jupyter
-
-    tqdm.write(msg, file=sys.stdout)
+    write(msg, file=sys.stdout)
 
 
 class GracefulStop:

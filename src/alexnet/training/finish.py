@@ -16,7 +16,7 @@ from torch import nn
 from alexnet.io.checkpoint import load_checkpoint
 from alexnet.io.model_file import save_model_file
 from alexnet.models.loading import load_state_into
-from alexnet.runtime import autocast
+from alexnet.runtime import autocast, precision_name
 from alexnet.training.config import TrainConfig, config_to_dict
 from alexnet.training.console import say
 from alexnet.training.ema import ema_weights
@@ -215,6 +215,12 @@ def write_report(
         scores={k: final[k] for k in ("precision", "recall", "f1")} if "f1" in final else None,
         confused=most_confused(confusion, 10),
         worst=worst or None,
+        resolved={  # what the run chose where the config says None or auto
+            "image_size": setup.image_size,
+            "channels_last": setup.channels_last,
+            "precision": precision_name(setup.amp_dtype),
+            "threads": setup.threads,
+        },
     )
 
 

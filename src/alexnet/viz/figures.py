@@ -13,7 +13,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ __all__ = [
     "activations_figure",
     "gradcam",
     "gradcam_figure",
+    "GradCamFile",
+    "resolve_class",
     "figure_png",
     "save_figure",
     "save_filters",
@@ -256,15 +258,50 @@ def gradcam(
     return heat, class_idx, prob
 
 
+def resolve_class(meta: ModelMeta, value: int | str | None) -> int | None:
+    """The class index ``value`` names: a class name of the model (``'cat'``), or an index
+    (``2``, ``'2'``); a name wins where classes are called by numbers. None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    labels = class_labels(meta)
+    if value in labels:
+        return labels.index(value)
+    if value.lstrip("-").isdigit():
+        return int(value)
+    shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+    raise UserError(
+        f"--class {value!r} is neither a class of this model nor an index; "
+        f"its classes: {shown} (or 0..{len(labels) - 1})"
+    )
+
+
+class GradCamFile(NamedTuple):
+    """What :func:`save_gradcam` wrote: the PNG, and the class it drew with its probability."""
+
+    path: Path
+    class_idx: int
+    label: str
+    prob: float
+    predicted: int  # the top prediction (class_idx unless another class was asked for)
+    predicted_label: str
+
+
 def gradcam_figure(
     model: nn.Module,
     meta: ModelMeta,
     image: torch.Tensor,
     *,
-    class_idx: int | None = None,
+    class_idx: int | str | None = None,
     layer: str = "conv5",
 ) -> Figure:
-    """Three panels: the input crop, the Grad-CAM heat map, and the map over the image."""
+    """Three panels: the input crop, the Grad-CAM heat map, and the map over the image.
+    ``class_idx``: the class to explain, an index or a class name (default: the top one)."""
+    return _gradcam(model, meta, image, class_idx, layer)[0]
+
+
+def _gradcam(model, meta, image, class_idx, layer) -> tuple[Figure, int, float, int]:
+    """(figure, class drawn, its probability, top prediction)."""
+    class_idx = resolve_class(meta, class_idx)
     device = next(model.parameters()).device
     x = normalize(image.unsqueeze(0).to(device), meta)
     with torch.inference_mode():
@@ -288,7 +325,7 @@ def gradcam_figure(
     if idx != predicted:
         title += f"; the top prediction is {predicted} '{labels[predicted]}'"
     fig.suptitle(title, fontsize=13)
-    return fig
+    return fig, idx, prob, predicted
 
 
 def save_gradcam(
@@ -297,11 +334,14 @@ def save_gradcam(
     image: torch.Tensor,
     path: str | os.PathLike,
     *,
-    class_idx: int | None = None,
+    class_idx: int | str | None = None,
     layer: str = "conv5",
-) -> Path:
-    """Write :func:`gradcam_figure` as a PNG of ``GRADCAM_SIZE`` pixels."""
-    return save_figure(gradcam_figure(model, meta, image, class_idx=class_idx, layer=layer), path)
+) -> GradCamFile:
+    """Write :func:`gradcam_figure` as a PNG of ``GRADCAM_SIZE`` pixels; say what it drew."""
+    fig, idx, prob, predicted = _gradcam(model, meta, image, class_idx, layer)
+    labels = class_labels(meta)
+    out = save_figure(fig, path)
+    return GradCamFile(out, idx, labels[idx], prob, predicted, labels[predicted])
 
 
 # ------------------------------------------------------------------------- a run's curves

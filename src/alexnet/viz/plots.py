@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from alexnet.atomic import write_atomic
 
-__all__ = ["plot_curves", "plot_confusion", "plot_lr_find"]
+__all__ = ["plot_curves", "plot_confusion", "confusion_figure", "plot_lr_find"]
 
 
 def _figure(width: float, height: float):
@@ -132,10 +133,22 @@ def plot_confusion(
     title: str | None = None,
     normalize: bool = True,
 ) -> Path:
-    """Confusion matrix as a PNG: rows are true classes, columns predicted ones.
+    """Confusion matrix as a PNG (:func:`confusion_figure`)."""
+    return _save(confusion_figure(confusion, classes, title=title, normalize=normalize), Path(path))
+
+
+def confusion_figure(
+    confusion: Any,
+    classes: Sequence[str],
+    *,
+    title: str | None = None,
+    normalize: bool = True,
+):
+    """The confusion matrix: rows are true classes, columns predicted ones.
 
     ``normalize`` shows each row as fractions of that class (colour) and prints the counts in
     the cells when there are few classes (<= 20); with many classes the labels are dropped.
+    The title (``title``, then the images and top-1) is wrapped to the figure's width.
     """
     cm = np.asarray(confusion.cpu() if hasattr(confusion, "cpu") else confusion, dtype=np.int64)
     k = cm.shape[0]
@@ -148,7 +161,14 @@ def plot_confusion(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     total = int(cm.sum())
     acc = 100.0 * np.trace(cm) / total if total else float("nan")
-    ax.set_title(f"{title or 'confusion matrix'} ({total} images, top-1 {acc:.2f}%)")
+    # centred on the figure, not the axes (the colour bar shifts those), one line each for
+    # what is shown and its numbers, each wrapped to what fits: ~0.6 em per character
+    fontsize = 10
+    chars = max(20, int(side * 72 * 0.92 / (fontsize * 0.6)))
+    lines = [title or "confusion matrix", f"{total} images, top-1 {acc:.2f}%"]
+    fig.suptitle(
+        "\n".join(textwrap.fill(line, chars) for line in lines), fontsize=fontsize, wrap=False
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 40:
@@ -170,7 +190,7 @@ def plot_confusion(
                         color="white" if dark else "black",
                     )
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_lr_find(

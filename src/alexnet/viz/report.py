@@ -157,18 +157,37 @@ def _metrics_table(
     if vals:
         best, epoch = max(vals, key=lambda t: t[0])
         rows.append(("best validation top-1 (%)", f"{best:.2f} (epoch {epoch})"))
-    rows += evaluation_rows
+    # the final evaluation's rows win a clash of names (a run without a test split evaluates
+    # on validation): the last epoch's row goes when it says the same, else names its epoch
+    final = dict(evaluation_rows)
+    kept = []
+    for key, value in rows:
+        if key in final:
+            if _same_number(final[key], value):
+                continue  # the same figure: shown once, with the final evaluation's rows
+            key = f"{key}, epoch {last.get('epoch', len(history))}"
+        kept.append((key, value))
+    rows = kept + list(evaluation_rows)
     body = "".join(
         f'<tr><th>{html.escape(k)}</th><td class="num">{html.escape(v)}</td></tr>' for k, v in rows
     )
     return f"<table>{body}</table>"
 
 
-def _config_table(config: dict[str, Any]) -> str:
+def _same_number(a: str, b: str) -> bool:
+    x, y = _as_float(a), _as_float(b)
+    return x is not None and y is not None and round(x, 2) == round(y, 2)
+
+
+def _config_table(config: dict[str, Any], resolved: dict[str, Any] | None = None) -> str:
+    """The config as resolved; a setting left to the run (None, "auto") shows what the run
+    chose, from ``resolved`` (e.g. image_size 32 (auto))."""
     rows = []
     for key in config:
         value = config[key]
         text = json.dumps(value) if isinstance(value, (list, dict)) else _fmt(value)
+        if resolved and key in resolved and value in (None, "auto"):
+            text = f"{_fmt(resolved[key])} (auto)"
         rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(text)}</td></tr>")
     return f'<div class="cfg"><table>{"".join(rows)}</table></div>'
 
@@ -291,6 +310,7 @@ def render_report(
     scores: dict[str, Sequence[float]] | None = None,
     confused: Sequence[tuple[int, int, int]] | None = None,
     worst: dict[str, Any] | None = None,
+    resolved: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string (see :func:`write_report`)."""
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
@@ -344,7 +364,7 @@ def render_report(
         f'<h2 id="samples">{html.escape(shown.capitalize())} images</h2>',
         _samples_grid(samples, sample_labels, sample_preds, classes, shown),
         '<h2 id="config">Resolved config</h2>',
-        _config_table(config),
+        _config_table(config, resolved),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -365,6 +385,7 @@ def write_report(
     scores: dict[str, Sequence[float]] | None = None,
     confused: Sequence[tuple[int, int, int]] | None = None,
     worst: dict[str, Any] | None = None,
+    resolved: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
@@ -377,6 +398,8 @@ def write_report(
     undefined) adds the per-class table, ``confused`` its (true, predicted, count) pairs,
     and ``worst`` the images of highest loss: ``images`` uint8 (K, C, H, W) as the model saw
     them, and the lists ``target``, ``pred``, ``prob``, ``loss``, highest loss first.
+    ``resolved``: what the run chose for settings the config left to it (``image_size``,
+    ``channels_last``, ``precision``...), shown in the config table.
     """
     run_dir = Path(run_dir)
     text = render_report(
@@ -393,5 +416,6 @@ def write_report(
         scores=scores,
         confused=confused,
         worst=worst,
+        resolved=resolved,
     )
     return write_atomic(run_dir / "report.html", text.encode("utf-8"))

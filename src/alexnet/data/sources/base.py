@@ -132,6 +132,7 @@ class Source:
     takes_root = True  # --data
     downloads = True  # --download
     reads_image_files = False  # --skip-bad-images
+    missing_train: str | None = None  # why it has no split to train on (image folders)
     _opts: Options
     _in_memory: bool = True  # image-file sets: decode into memory, or stream from disk
 

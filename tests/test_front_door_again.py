@@ -1,0 +1,126 @@
+"""What a new user met on their own photos (issue 22): evaluating a labelled folder, recipes
+on a folder, lr-find on a flat curve, paths that exist but are not what was expected, layout
+hints, a small folder's batch size, and top-k only where k is below the number of classes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import alexnet
+from alexnet.cli import main
+
+TINY_MODEL = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
+FAST = dict(
+    epochs=1,
+    batch_size=8,
+    workers=0,
+    device="cpu",
+    progress=False,
+    tensorboard=False,
+    plots=False,
+)
+
+
+def photos(root: Path, n: int = 8, classes=("cat", "dog")) -> Path:
+    """ROOT/<class>/<image>.jpg, the first layout README shows."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 80, (24, 24, 3)) + 150 * (k % 2)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.jpg")
+    return root
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("alexnet: error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    """A model trained on a flat folder of 2 x 10 photos (no test/): 10% held out."""
+    root = tmp_path_factory.mktemp("pets")
+    old = os.environ.get("ALEXNET_CACHE")
+    os.environ["ALEXNET_CACHE"] = str(root / "cache")
+    try:
+        result = alexnet.train(
+            data=str(photos(root / "imgs", n=10)),
+            run_dir=str(root / "runs"),
+            name="pets",
+            model_kwargs=TINY_MODEL,
+            **FAST,
+        )
+    finally:
+        if old is not None:
+            os.environ["ALEXNET_CACHE"] = old
+    return result
+
+
+# ------------------------------------------------- 1. a labelled folder, evaluated on its own
+
+
+def test_eval_scores_every_image_of_a_flat_folder(pets, tmp_path, capsys):
+    folder = photos(tmp_path / "testphotos", n=7)
+    model = str(pets.paths["model"])
+    assert main(["eval", "--checkpoint", model, "--data", str(folder), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["num_images"] == 14 and res["split"] == "all"
+    assert main(["eval", "--checkpoint", model, "--data", str(folder)]) == 0
+    assert "(14 images" in capsys.readouterr().out
+
+
+def test_eval_scores_a_test_folder_without_train(pets, tmp_path, capsys):
+    folder = tmp_path / "held"
+    photos(folder / "test", n=3)
+    res = alexnet.evaluate(pets.paths["model"], data=folder, progress=False, log=None)
+    assert res["num_images"] == 6 and res["split"] == "test"
+
+
+def test_eval_alone_scores_the_images_the_run_held_out_and_says_so(pets, capsys):
+    assert main(["eval", "--checkpoint", str(pets.paths["model"]), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(2 images" in out  # 10% of 10 per class: the run's own validation images
+    assert "no test split" in out and "held out" in out and "seed 0" in out
+
+
+def test_eval_on_a_folder_of_other_classes_is_a_clear_error(pets, tmp_path, capsys):
+    folder = photos(tmp_path / "farm", n=2, classes=("cat", "cow"))
+    assert main(["eval", "--checkpoint", str(pets.paths["model"]), "--data", str(folder)]) == 2
+    err = error_line(capsys)
+    assert "cow" in err and "cat, dog" in err
+
+
+# ------------------------------------------- 14. top-k only where k is below the classes
+
+
+def test_top5_is_not_shown_for_five_classes_or_fewer(pets, tmp_path, capsys):
+    run = pets.run_dir
+    assert pets.history[-1]["val_top5"] is None  # 2 classes: top-5 would always be 100%
+    assert "top-5" not in (run / "report.html").read_text()
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    top5 = metrics[0].split(",").index("val_top5")
+    assert metrics[1].split(",")[top5] == ""
+    assert main(["eval", "--checkpoint", str(pets.paths["model"]), "--no-progress"]) == 0
+    assert "top-5" not in capsys.readouterr().out
+    res = alexnet.evaluate(pets.paths["model"], progress=False, log=None)
+    assert res["top5"] is None
+
+
+def test_the_start_and_end_lines_of_a_small_run_show_no_top5(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    folder = photos(tmp_path / "imgs", n=5)
+    photos(tmp_path / "imgs2" / "train", n=5)
+    photos(tmp_path / "imgs2" / "test", n=2)
+    runs = str(tmp_path / "runs")
+    alexnet.train(data=str(folder), run_dir=runs, model_kwargs=TINY_MODEL, **FAST)
+    alexnet.train(data=str(tmp_path / "imgs2"), run_dir=runs, model_kwargs=TINY_MODEL, **FAST)
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" not in out and "test top-1" in out

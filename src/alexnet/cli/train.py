@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from alexnet.cli.options import add_device, add_json, add_precision, add_set

@@ -193,7 +193,9 @@ def _split_to_score(name: str, source, asked: str | None) -> str:
                 return candidate
         if len(own) == 1:
             return own[0]
-        raise DataError(f"{name} has no test or val split to evaluate; its splits are {', '.join(own)}")
+        raise DataError(
+            f"{name} has no test or val split to evaluate; its splits are {', '.join(own)}"
+        )
     if asked not in own:
         where = f" in {source.root}" if source.root else ""
         raise DataError(

@@ -14,8 +14,8 @@ import torch
 from alexnet.data.pipeline import build_pipeline
 from alexnet.errors import UserError
 from alexnet.inference.loading import load_model_file, model_path
-from alexnet.io.model_file import class_labels
 from alexnet.io.checkpoint import load_checkpoint
+from alexnet.io.model_file import class_labels
 from alexnet.progress import bar as progress_bar
 from alexnet.runtime import pick_device, resolve_precision
 from alexnet.training.config import TTA_MODES, TrainConfig

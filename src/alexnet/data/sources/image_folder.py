@@ -70,9 +70,7 @@ class ImageFolder(Source):
             d.name for d in first.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
         if not self.classes:
-            raise DataError(
-                f"imagefolder: {first} has no class folders; expected {self.layout}"
-            )
+            raise DataError(f"imagefolder: {first} has no class folders; expected {self.layout}")
         self.splits = tuple(self._dirs)
         self._files = {s: self._scan(s) for s in self.splits}
         self.in_channels = 3

@@ -124,3 +124,65 @@ def test_the_start_and_end_lines_of_a_small_run_show_no_top5(tmp_path, capsys, m
     alexnet.train(data=str(tmp_path / "imgs2"), run_dir=runs, model_kwargs=TINY_MODEL, **FAST)
     out = capsys.readouterr().out
     assert "top-1" in out and "top-5" not in out and "test top-1" in out
+
+
+# ------------------------------------------------ 3. a recipe on a folder of your own
+
+
+def test_a_recipe_on_a_folder_of_photos_says_to_add_dataset_imagefolder(tmp_path, capsys):
+    folder = photos(tmp_path / "photos", n=1)
+    argv = ["train", "--recipe", "transfer-flowers102", "--data", str(folder)]
+    assert main(argv) == 2
+    err = error_line(capsys)
+    assert "flowers102 not found" in err and "add --dataset imagefolder" in err
+    assert "cat, dog" in err and "--download" in err
+
+
+def test_a_recipe_whose_data_is_missing_still_says_how_to_download(tmp_path, capsys):
+    assert main(["train", "--recipe", "transfer-flowers102", "--data", str(tmp_path)]) == 2
+    err = error_line(capsys)
+    assert "--download" in err and "imagefolder" not in err
+
+
+# ------------------------------------ 5. paths that exist but are not what was expected
+
+
+def test_a_run_folder_as_checkpoint_uses_its_model_file_and_says_so(pets, tmp_path, capsys):
+    run = pets.run_dir
+    assert main(["eval", "--checkpoint", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} is a run folder: using {run / 'model.safetensors'}" in out
+    image = next((run.parent.parent / "imgs" / "cat").iterdir())
+    assert main(["predict", str(image), "--checkpoint", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "using" in captured.err and "cat" in captured.out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(image), "--checkpoint", str(empty)]) == 2
+    assert "is a folder without model.safetensors" in error_line(capsys)
+
+
+def test_an_image_where_a_folder_is_expected_says_what_it_is(pets, tmp_path, capsys):
+    folder = photos(tmp_path / "photos", n=1)
+    image = folder / "cat" / "0.jpg"
+    assert main(["train", "--data", str(image)]) == 2
+    err = error_line(capsys)
+    assert f"{image} is a file (a JPEG image), not a folder" in err
+    assert f"would be {folder}" in err
+    assert main(["eval", "--checkpoint", str(pets.paths["model"]), "--data", str(image)]) == 2
+    assert "is a file (a JPEG image), not a folder" in error_line(capsys)
+
+
+# -------------------------------------------------- 6. the layout README teaches first
+
+
+def test_layout_errors_show_both_layouts(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+    err = error_line(capsys)
+    assert "ROOT/<class>/<image>" in err and "ROOT/train/<class>/<image>" in err
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    Image.new("RGB", (8, 8)).save(loose / "a.jpg")
+    assert main(["train", "--data", str(loose)]) == 2
+    err = error_line(capsys)
+    assert "holds images but no class folders" in err and "ROOT/<class>/<image>" in err

@@ -278,7 +278,8 @@ def _add_eval(sub) -> None:
         "--checkpoint",
         required=True,
         metavar="FILE",
-        help="model.safetensors, a checkpoint .pt, or an .onnx from alexnet export (int8 too)",
+        help="model.safetensors, a checkpoint .pt, a run folder (its model.safetensors), or an "
+        ".onnx from alexnet export (int8 too)",
     )
     p.add_argument(
         "--dataset",

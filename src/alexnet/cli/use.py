@@ -13,7 +13,7 @@ from alexnet.errors import UserError
 from alexnet.inference.export import calibration_images, default_export_path, export_model
 from alexnet.inference.features import extract_features, save_features
 from alexnet.inference.inputs import expand_inputs
-from alexnet.inference.loading import load_for_inference
+from alexnet.inference.loading import load_for_inference, model_path
 from alexnet.inference.predict import iter_predict
 from alexnet.models.layers import LAYER_NAMES
 from alexnet.runtime import pick_device
@@ -28,7 +28,8 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         "--checkpoint",
         metavar="FILE",
         help="a run's model.safetensors or checkpoints/*.pt (they carry classes and preprocessing), "
-        "or an .onnx written by alexnet export (predict only)",
+        "the run folder (its model.safetensors), or an .onnx written by alexnet export "
+        "(predict only)",
     )
     ex.add_argument(
         "--weights",
@@ -50,6 +51,8 @@ def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
             f"'alexnet {args.command}' needs the PyTorch model (model.safetensors or a "
             "checkpoint), not an ONNX export; ONNX files work with predict and eval"
         )
+    if args.checkpoint is not None:  # a run folder: its model file, said on stderr
+        args.checkpoint = str(model_path(args.checkpoint, log=_note))
     return load_for_inference(
         checkpoint=args.checkpoint,
         weights=args.weights,
@@ -57,6 +60,11 @@ def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
         model_name=args.model,
         device=pick_device(args.device),
     )
+
+
+def _note(line: str) -> None:
+    """A note to the user on stderr (stdout holds the command's results, JSON for some)."""
+    print(f"alexnet: {line}", file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

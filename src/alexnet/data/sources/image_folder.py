@@ -70,7 +70,9 @@ class ImageFolder(Source):
             d.name for d in first.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
         if not self.classes:
-            raise DataError(f"imagefolder: {first} has no class folders; expected {self.layout}")
+            loose = any(f.suffix.lower() in IMAGE_EXTENSIONS for f in first.iterdir())
+            what = "holds images but no class folders" if loose else "has no class folders"
+            raise DataError(f"imagefolder: {first} {what}; expected {self.layout}")
         self.splits = tuple(self._dirs)
         self._files = {s: self._scan(s) for s in self.splits}
         self.in_channels = 3

@@ -76,7 +76,8 @@ def evaluate_model_file(
     amp_dtype = resolve_precision(precision, dev)
     model, meta = load_model_file(path, device=dev)
     trained_on = _trained_on(path, meta)
-    dataset, data, how = _choose_data(path, trained_on, dataset, data, split, log)
+    given = dataset is not None or data is not None
+    dataset, data, how = _choose_data(path, trained_on, dataset, data)
     splits: dict[str, Any] = {}
     if how == "folder":  # the folder is the split to score
         splits = {"train_split": None, "val_split": split, "load_size": None}
@@ -100,7 +101,13 @@ def evaluate_model_file(
         workers=workers,
     )
     _check_classes(pipe.classes, meta, path, data if how == "folder" else dataset)
-    split, chosen = _split_to_evaluate(pipe, split, dataset, how, log)
+    split, chosen, note = _split_to_evaluate(pipe, split, dataset, how)
+    if log is not None and (note or not given):
+        where = f"{dataset} ({data})" if data is not None else dataset
+        said = (
+            [f"evaluating on {where} {split}, the data {path} was trained on"] if not given else []
+        )
+        log("; ".join(said + ([note] if note else [])))
     res = _evaluate_split(
         model,
         pipe,
@@ -149,14 +156,11 @@ def _choose_data(
     trained_on: dict[str, Any],
     dataset: str | None,
     data: str | Path | None,
-    split: str | None,
-    log: Any,
 ) -> tuple[str, str | Path | None, str]:
     """The dataset and folder to evaluate on (the ones given, else the data the file records
     it was trained on), and how to split it: ``folder`` (a folder given to evaluate: it is
     the split), ``run`` (the data the model was trained on, split as its run split it) or
     ``named`` (another dataset, split as it comes)."""
-    named = dataset is not None or data is not None
     if dataset is None:
         dataset = "imagefolder" if data is not None else trained_on.get("dataset")
     if dataset is None:
@@ -165,9 +169,6 @@ def _choose_data(
     root = trained_on.get("root")
     if data is None and same:
         data = root
-    if not named and log is not None:
-        where = f"{dataset} ({data})" if data is not None else dataset
-        log(f"evaluating on {where}, the data {path} was trained on")
     if data is not None and dataset == "imagefolder":
         if same and root is not None and _same_folder(data, root):
             return dataset, data, "run"
@@ -206,30 +207,29 @@ def _names(classes: list[str]) -> str:
     return f"{shown}, ... ({len(classes)})" if len(classes) > 10 else shown
 
 
-def _split_to_evaluate(pipe, split: str | None, dataset: str, how: str, log: Any):
-    """``(name, split)`` to score: the folder's (``folder``), else the asked one; without
-    ``split``, test, else (a dataset without one, with a note) the validation images."""
+def _split_to_evaluate(pipe, split: str | None, dataset: str, how: str):
+    """``(name, split, note)`` to score: the folder's (``folder``), else the asked one;
+    without ``split``, test, else the validation images (and a note that says so)."""
     bundle = pipe.bundle
     if how == "folder":
         own = bundle.splits["val"]
-        return (own if own in ("val", "test") else "all"), bundle.val
+        return (own if own in ("val", "test") else "all"), bundle.val, None
     if split is None:
         if bundle.test is not None:
-            return "test", bundle.test
+            return "test", bundle.test, None
         held = bundle.splits.get("val", "val")
         whose = " its run held out" if how == "run" else ""
-        if log is not None:
-            log(
-                f"{dataset} has no test split: evaluating on the {len(bundle.val)} validation "
-                f"images{whose} ({held})"
-            )
-        return "val", bundle.val
+        note = (
+            f"{dataset} has no test split, so these are the {len(bundle.val)} validation "
+            f"images{whose} ({held})"
+        )
+        return "val", bundle.val, note
     chosen = pipe.split(split)
     if chosen is None:
         raise UserError(
             f"{dataset} has no separate test split here; use --split val (or leave --split out)"
         )
-    return split, chosen
+    return split, chosen, None
 
 
 def _evaluate_split(

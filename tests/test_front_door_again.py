@@ -186,3 +186,37 @@ def test_layout_errors_show_both_layouts(tmp_path, capsys):
     assert main(["train", "--data", str(loose)]) == 2
     err = error_line(capsys)
     assert "holds images but no class folders" in err and "ROOT/<class>/<image>" in err
+
+
+# ------------------------------------------------ 7. a small folder and the default batch
+
+
+def test_a_small_folder_gets_a_batch_that_gives_several_steps(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    folder = photos(tmp_path / "imgs", n=10)  # 18 training images: one step of 128
+    kw = dict(FAST)
+    del kw["batch_size"]
+    runs = str(tmp_path / "runs")
+    fitted = alexnet.train(data=str(folder), run_dir=runs, model_kwargs=TINY_MODEL, **kw)
+    out = " ".join(capsys.readouterr().out.split())
+    assert fitted.config.batch_size == 8  # 3 steps per epoch (the smallest batch it picks)
+    assert yaml.safe_load((fitted.run_dir / "config.yaml").read_text())["batch_size"] == 8
+    assert "fitted to the data: batch size 8" in out and "not the default 128" in out
+    assert "set --batch-size" in out
+    given = alexnet.train(
+        data=str(folder), run_dir=runs, model_kwargs=TINY_MODEL, batch_size=128, **kw
+    )
+    assert given.config.batch_size == 128  # as given
+    assert "1 optimiser step per epoch" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_recipes_batch_stays_unless_the_data_is_tiny():
+    from alexnet.training.setup import fitted_batch_size
+
+    assert fitted_batch_size(1437, 128, accumulate=1, world=1, recipe=True) is None
+    assert fitted_batch_size(300, 64, accumulate=1, world=1, recipe=True) is None  # 5 steps
+    assert fitted_batch_size(108, 64, accumulate=1, world=1, recipe=True) == 16
+    assert fitted_batch_size(108, 128, accumulate=1, world=1, recipe=False) == 8
+    assert fitted_batch_size(2000, 128, accumulate=1, world=1, recipe=False) is None

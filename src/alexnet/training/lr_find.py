@@ -186,9 +186,11 @@ def find_lr(
     beta: float = 0.98,
     diverge: float = 4.0,
     dist: Any = SINGLE,
+    fit_batch: str | None = None,
 ) -> LRFindResult:
     """Run the range test on ``cfg``'s data and model; write the plot to ``output`` (default
-    ``<run_dir>/lr-find-<recipe or model>-<dataset>.png``) and print the suggestion."""
+    ``<run_dir>/lr-find-<recipe or model>-<dataset>.png``) and print the suggestion.
+    ``fit_batch``: as for :class:`TrainingSetup` (the batch a run would fit to small data)."""
     if not 0 < start_lr < end_lr:
         raise UserError(f"--start-lr must be positive and below --end-lr, got {start_lr}, {end_lr}")
     if steps < 5:
@@ -196,8 +198,12 @@ def find_lr(
     if dist is SINGLE:  # torchrun's group when launched by it, else one process
         with session(cfg.device) as ctx:
             return find_lr(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, output=output,
-                           argv=argv, beta=beta, diverge=diverge, dist=ctx)  # fmt: skip
-    setup = TrainingSetup(replace(cfg, scheduler="none", warmup_epochs=0.0), dist)
+                           argv=argv, beta=beta, diverge=diverge, dist=ctx,
+                           fit_batch=fit_batch)  # fmt: skip
+    swept = replace(cfg, scheduler="none", warmup_epochs=0.0)
+    setup = TrainingSetup(swept, dist, fit_batch=fit_batch)
+    if setup.batch_note and dist.is_main:
+        say(f"lr-find: {setup.batch_note}")
     lrs, losses = _sweep(setup, start_lr, end_lr, steps, diverge, beta)
     smoothed = smooth_losses(losses, beta)
     suggestion, lowest, steepest = suggest_lr(lrs, smoothed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -350,8 +351,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"checked: onnxruntime gives (B, {meta.num_classes}) at batch sizes "
             f"{' and '.join(map(str, r.batch_sizes))}; int8 and float32 pick the same class on "
-            f"{r.top1_agreement:.1%} of {r.agreement_images} calibration images\n"
-            f"accuracy on your test split: alexnet eval {r.path} --dataset NAME (or --data ROOT)"
+            f"{r.top1_agreement:.1%} of {r.agreement_images} calibration images"
+        )
+        # the file records the data the model was trained on: eval alone scores its test
+        # split (or the images its run held out); else a folder of labelled images
+        data = "" if meta.data.get("dataset") else " --data FOLDER"
+        where = "the data it was trained on" if not data else "a folder of labelled images"
+        print(
+            f"its accuracy on {where}:\n  alexnet eval --checkpoint {shlex.quote(str(r.path))}{data}"
         )
     else:
         print(

@@ -17,6 +17,7 @@ Rank 0 of a distributed group writes every file; a single process is
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import time
@@ -329,7 +330,8 @@ def _diverged(setup: TrainingSetup, folder: RunFolder, where: str) -> Diverged:
 
 
 def _stopped(folder: RunFolder, msg: str) -> KeyboardInterrupt:
-    say(f"{msg}; saved {folder.paths['last']}\ncontinue with: alexnet train --resume {folder.path}")
+    resume = shlex.quote(str(folder.path))
+    say(f"{msg}; saved {folder.paths['last']}\ncontinue with: alexnet train --resume {resume}")
     return KeyboardInterrupt(f"stopped; resume with --resume {folder.path}")
 
 

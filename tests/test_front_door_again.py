@@ -74,7 +74,7 @@ def test_eval_scores_every_image_of_a_flat_folder(pets, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["num_images"] == 14 and res["split"] == "all"
     assert main(["eval", "--checkpoint", model, "--data", str(folder)]) == 0
-    assert "(14 images" in capsys.readouterr().out
+    assert f"on {folder} (all 14 images" in capsys.readouterr().out
 
 
 def test_eval_scores_a_test_folder_without_train(pets, tmp_path, capsys):

@@ -351,10 +351,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_finite(res), allow_nan=False))
         return 0
-    print(
-        f"{res['checkpoint']} on {res['dataset']} {res['split']} ({res['num_images']} images, "
-        f"tta {res['tta']})"
-    )
+    n, split = res["num_images"], res["split"]
+    if split == "all":  # a folder of labelled images, scored whole
+        print(f"{res['checkpoint']} on {res['data']} (all {n} images, tta {res['tta']})")
+    else:
+        where = res.get("data", res["dataset"])
+        print(f"{res['checkpoint']} on {where} {split} ({n} images, tta {res['tta']})")
     top5 = "" if res["top5"] is None else f"   top-5 {res['top5']:.2f}%"
     print(f"  top-1 {res['top1']:.2f}%{top5}   loss {res['loss']:.4f}")
     _print_per_class(res)

@@ -56,7 +56,8 @@ def evaluate_model_file(
     exported ``.onnx`` or a run folder (its ``model.safetensors``); ``dataset`` a registered
     name, or ``data`` a folder (imagefolder). A folder other than the one the model was
     trained on is the split to score: its ``test/`` (or ``val/``) when it has one, else all
-    its images (``ROOT/<class>/<image>``); ``split`` picks ``test/`` or ``val/``. With neither,
+    its images (``ROOT/<class>/<image>``); ``split`` picks ``test/`` or ``val/`` (``val`` of a
+    folder without ``val/``: the share a run holds out by default, 10% with seed 0). With neither,
     the data the model file records it was trained on (``log`` is called with a line saying
     so; None: silent). ``split`` None: the test split, else (a dataset without one) the
     validation images, which for the data the model was trained on are the ones its run held
@@ -77,7 +78,7 @@ def evaluate_model_file(
     model, meta = load_model_file(path, device=dev)
     trained_on = _trained_on(path, meta)
     given = dataset is not None or data is not None
-    dataset, data, how = _choose_data(path, trained_on, dataset, data)
+    dataset, data, how = _choose_data(path, trained_on, dataset, data, split)
     splits: dict[str, Any] = {}
     if how == "folder":  # the folder is the split to score
         splits = {"train_split": None, "val_split": split, "load_size": None}
@@ -156,11 +157,13 @@ def _choose_data(
     trained_on: dict[str, Any],
     dataset: str | None,
     data: str | Path | None,
+    split: str | None,
 ) -> tuple[str, str | Path | None, str]:
     """The dataset and folder to evaluate on (the ones given, else the data the file records
     it was trained on), and how to split it: ``folder`` (a folder given to evaluate: it is
     the split), ``run`` (the data the model was trained on, split as its run split it) or
-    ``named`` (another dataset, split as it comes)."""
+    ``named`` (another dataset, or ``--split val`` of a folder without val/: split as a run
+    with the default settings would split it)."""
     if dataset is None:
         dataset = "imagefolder" if data is not None else trained_on.get("dataset")
     if dataset is None:
@@ -172,6 +175,8 @@ def _choose_data(
     if data is not None and dataset == "imagefolder":
         if same and root is not None and _same_folder(data, root):
             return dataset, data, "run"
+        if split == "val" and not (Path(data) / "val").is_dir():  # as a run would hold it out
+            return dataset, data, "named"
         return dataset, data, "folder"
     return dataset, data, "run" if same else "named"
 

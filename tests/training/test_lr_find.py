@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 
 import pytest
@@ -57,16 +58,18 @@ def test_the_curve_rises_at_the_end_and_the_suggestion_trains_where_the_recipe_r
 
 def test_the_command_line_uses_train_and_the_suggested_rate(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    flags = ["--image-size", "8", "--batch-size", "64", "--threads", "1", "--precision", "fp32",
-             "--no-progress", "--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]  # fmt: skip
-    args = ["lr-find", "--steps", "12", "--output", "sweep.png", *flags]
+    # the curve of the test above (at 8 px and 12 steps to lr 10 it stays flat: no suggestion)
+    flags = ["--image-size", "16", "--batch-size", "64", "--threads", "1", "--precision", "fp32",
+             "--deterministic", "--no-progress",
+             "--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]  # fmt: skip
+    args = ["lr-find", "--steps", "100", "--end-lr", "1000", "--output", "sweep.png", *flags]
     monkeypatch.setattr(sys, "argv", ["alexnet", *args])  # what the shell gives the command
     ran = run_main(*args, capsys=capsys)
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "sweep.png").is_file()
     line = next(s for s in ran.stdout.splitlines() if "train with it:" in s)
     command = line.split("train with it: ", 1)[1]
-    assert command.startswith("alexnet train --image-size 8") and "--lr " in command
+    assert command.startswith("alexnet train --image-size 16") and "--lr " in command
     assert "--steps" not in command and "--output" not in command and "lr-find" not in command
 
 
@@ -75,3 +78,30 @@ def test_train_command_replaces_the_rate_and_drops_the_sweeps_flags():
             "--mixup", "0.2"]  # fmt: skip
     got = train_command(argv, alexnet.resolve_config("cifar10-fast"), 0.0123)
     assert got == "alexnet train --recipe cifar10-fast --mixup 0.2 --lr 0.012"
+
+
+def test_a_flat_curve_suggests_what_to_change_not_a_rate(tmp_path, capsys, monkeypatch):
+    from alexnet.cli import build_parser
+    from alexnet.training.lr_find import MIN_FALL, loss_fall
+
+    flat = [0.700, 0.698, 0.701, 0.699, 0.700, 0.702, 0.699, 0.697, 0.700, 0.701, 0.98]
+    assert loss_fall(flat) < MIN_FALL
+    assert loss_fall([0.69, 0.70, 0.72, 0.75, 0.71, 0.74, 0.80, 0.9, 1.4, 2.0, 3.0]) == 0.0  # rose
+    assert loss_fall([2.3, 2.3, 2.2, 2.0, 1.5, 1.0, 0.8, 0.9, 3.0]) > MIN_FALL
+    monkeypatch.chdir(tmp_path)
+    # rates far too small to move the weights: the loss stays where it started
+    args = ["lr-find", "--steps", "10", "--start-lr", "1e-9", "--end-lr", "1e-8",
+            "--image-size", "8", "--batch-size", "64", "--threads", "1", "--no-progress",
+            "--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["alexnet", *args])
+    ran = run_main(*args, capsys=capsys)
+    assert ran.returncode == 0, ran.stderr
+    assert "did not clearly fall" in ran.stdout and "no rate to suggest" in ran.stdout
+    assert "suggested --lr" not in ran.stdout and "train with it" not in ran.stdout
+    line = next(s.strip() for s in ran.stdout.splitlines() if s.strip().startswith("alexnet "))
+    parsed = build_parser().parse_args(shlex.split(line)[1:])
+    assert parsed.command == "lr-find" and parsed.steps == 100 and parsed.batch_size == 32
+    assert parsed.start_lr == pytest.approx(1e-10) and parsed.end_lr == pytest.approx(1e-7)
+    found = alexnet.lr_find(steps=10, start_lr=1e-9, end_lr=1e-8, run_dir=str(tmp_path),
+                            **{**TINY_CONFIG, "image_size": 8})  # fmt: skip
+    assert found.suggestion is None and found.command.startswith("alexnet.lr_find(")

@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from alexnet.cli.options import add_device, add_json, add_precision, add_set
@@ -275,7 +274,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="accuracy of a trained model on a dataset split",
-        description="Top-1, top-5, per-class precision, recall and F1, a confusion matrix and "
+        description="Top-1, top-5 (with more than 5 classes), per-class precision, recall and F1, a confusion matrix and "
         "its most-confused pairs of a saved model; --worst K adds a picture of the K images "
         "of highest loss (the mistakes to look at first).",
     )
@@ -283,14 +282,25 @@ def _add_eval(sub) -> None:
         "--checkpoint",
         required=True,
         metavar="FILE",
-        help="model.safetensors, a checkpoint .pt, or an .onnx from alexnet export (int8 too)",
+        help="model.safetensors, a checkpoint .pt, a run folder (its model.safetensors), or an "
+        ".onnx from alexnet export (int8 too)",
     )
     p.add_argument(
         "--dataset",
         help="registered dataset name (default: the data the model file records it was trained on)",
     )
-    p.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder without --dataset)")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="a folder of labelled images to score: FOLDER/<class>/<image> (all of them), or "
+        "its test/ (or val/) of FOLDER/train/<class>/...; for --dataset: its folder",
+    )
+    p.add_argument(
+        "--split",
+        choices=["val", "test"],
+        help="default: test, else (no test split) the validation images (for the model's own "
+        "data: the ones its run held out)",
+    )
     p.add_argument("--tta", choices=list(TTA_MODES), default="none")
     p.add_argument("--batch-size", type=int, default=256)
     add_device(p)
@@ -316,18 +326,20 @@ def _add_eval(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from alexnet.inference.evaluate import evaluate_model_file  # torch: only when it runs
+    from alexnet.inference.loading import model_path
+
+    # stdout holds only the JSON object with --json: notes go to stderr
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    ck = model_path(args.checkpoint, log=log)  # a run folder: its model.safetensors
     output = args.output
-    if output is None:
-        ck = Path(args.checkpoint)
-        output = ck.with_name(f"{ck.stem}-{args.split}-confusion.png")
+    if output is None:  # named after the split scored (known once the data is read)
+        output = lambda split: ck.with_name(f"{ck.stem}-{split}-confusion.png")  # noqa: E731
     worst_output = args.worst_output
     if worst_output is None and args.worst is not None:
-        ck = Path(args.checkpoint)
-        worst_output = ck.with_name(f"{ck.stem}-{args.split}-worst.png")
-    from alexnet.inference.evaluate import evaluate_model_file  # torch: only when it runs
-
+        worst_output = lambda split: ck.with_name(f"{ck.stem}-{split}-worst.png")  # noqa: E731
     res = evaluate_model_file(
-        args.checkpoint,
+        ck,
         dataset=args.dataset,
         data=args.data,
         split=args.split,
@@ -341,17 +353,19 @@ def _eval(args: argparse.Namespace) -> int:
         worst=args.worst,
         worst_output=worst_output,
         progress=not (args.json or args.no_progress),
-        # stdout holds only the JSON object with --json: the note goes to stderr
-        log=(lambda line: print(line, file=sys.stderr)) if args.json else print,
+        log=log,
     )
     if args.json:
         print(json.dumps(_finite(res), allow_nan=False))
         return 0
-    print(
-        f"{res['checkpoint']} on {res['dataset']} {res['split']} ({res['num_images']} images, "
-        f"tta {res['tta']})"
-    )
-    print(f"  top-1 {res['top1']:.2f}%   top-5 {res['top5']:.2f}%   loss {res['loss']:.4f}")
+    n, split = res["num_images"], res["split"]
+    if split == "all":  # a folder of labelled images, scored whole
+        print(f"{res['checkpoint']} on {res['data']} (all {n} images, tta {res['tta']})")
+    else:
+        where = res.get("data", res["dataset"])
+        print(f"{res['checkpoint']} on {where} {split} ({n} images, tta {res['tta']})")
+    top5 = "" if res["top5"] is None else f"   top-5 {res['top5']:.2f}%"
+    print(f"  top-1 {res['top1']:.2f}%{top5}   loss {res['loss']:.4f}")
     _print_per_class(res)
     if res["most_confused"]:
         print("  most confused (true -> predicted: images):")

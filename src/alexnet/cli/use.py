@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         "--checkpoint",
         metavar="FILE",
         help="a run's model.safetensors or checkpoints/*.pt (they carry classes and preprocessing), "
-        "or an .onnx written by alexnet export (predict only)",
+        "the run folder (its model.safetensors), or an .onnx written by alexnet export "
+        "(predict only)",
     )
     ex.add_argument(
         "--weights",
@@ -40,7 +42,7 @@ def _add_source(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
-    from alexnet.inference.loading import load_for_inference
+    from alexnet.inference.loading import load_for_inference, model_path
     from alexnet.runtime import pick_device
 
     if not onnx_ok and str(args.checkpoint or args.weights or "").endswith(".onnx"):
@@ -48,6 +50,8 @@ def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
             f"'alexnet {args.command}' needs the PyTorch model (model.safetensors or a "
             "checkpoint), not an ONNX export; ONNX files work with predict and eval"
         )
+    if args.checkpoint is not None:  # a run folder: its model file, said on stderr
+        args.checkpoint = str(model_path(args.checkpoint, log=_note))
     return load_for_inference(
         checkpoint=args.checkpoint,
         weights=args.weights,
@@ -55,6 +59,11 @@ def _load(args: argparse.Namespace, *, onnx_ok: bool = True):
         model_name=args.model,
         device=pick_device(args.device),
     )
+
+
+def _note(line: str) -> None:
+    """A note to the user on stderr (stdout holds the command's results, JSON for some)."""
+    print(f"alexnet: {line}", file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -348,8 +357,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"checked: onnxruntime gives (B, {meta.num_classes}) at batch sizes "
             f"{' and '.join(map(str, r.batch_sizes))}; int8 and float32 pick the same class on "
-            f"{r.top1_agreement:.1%} of {r.agreement_images} calibration images\n"
-            f"accuracy on your test split: alexnet eval {r.path} --dataset NAME (or --data ROOT)"
+            f"{r.top1_agreement:.1%} of {r.agreement_images} calibration images"
+        )
+        # the file records the data the model was trained on: eval alone scores its test
+        # split (or the images its run held out); else a folder of labelled images
+        data = "" if meta.data.get("dataset") else " --data FOLDER"
+        where = "the data it was trained on" if not data else "a folder of labelled images"
+        print(
+            f"its accuracy on {where}:\n  alexnet eval --checkpoint {shlex.quote(str(r.path))}{data}"
         )
     else:
         print(

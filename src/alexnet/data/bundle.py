@@ -110,8 +110,8 @@ def load_data(
     root: str | None = None,
     download: bool = False,
     load_size: int | None = None,
-    train_split: str = "train",
-    val_split: str = "val",
+    train_split: str | None = "train",
+    val_split: str | None = "val",
     val_fraction: float = 0.1,
     seed: int = 0,
     skip_bad_images: bool = False,
@@ -128,6 +128,11 @@ def load_data(
     folder the images' own size when they are small equal squares, else 256.
     ``in_memory`` None: in memory when the decoded split fits in 8 GiB, else streamed.
     ``cache_dir``: where decoded tensors are kept ($ALEXNET_CACHE or ~/.cache/alexnet).
+
+    ``train_split=None`` loads for evaluating a saved model: only one of the dataset's own
+    splits is read, ``val_split`` (None: its ``test``, else its ``val``, else its only split,
+    e.g. a bare ``ROOT/<class>/<image>`` folder, scored whole); it is the bundle's ``val``
+    (and ``train``: nothing trains on it), ``splits["val"]`` names it, ``test`` is None.
     """
     _check_arguments(name, val_fraction, load_size)
     opts = Options(
@@ -140,6 +145,12 @@ def load_data(
     )
     source = REGISTRY[name](opts)
     own = source.splits
+    if train_split is None:
+        return _one_split(name, source, _split_to_score(name, source, val_split))
+    if val_split is None:
+        raise DataError("val_split None is for evaluation only (train_split None)")
+    if train_split not in own and source.missing_train:
+        raise DataError(source.missing_train)
     val_split, holdout = _choose_val_split(name, own, train_split, val_split, val_fraction)
     used = {train_split} | (set() if holdout else {val_split})
     test_name = "test" if "test" in own and "test" not in used else None
@@ -170,6 +181,51 @@ def load_data(
         skipped=skipped,
         root=source.root,
         splits=described,
+    )
+
+
+def _split_to_score(name: str, source, asked: str | None) -> str:
+    """The dataset's own split that evaluation scores (see ``load_data``'s train_split None)."""
+    own = source.splits
+    if asked is None:
+        for candidate in ("test", "val"):
+            if candidate in own:
+                return candidate
+        if len(own) == 1:
+            return own[0]
+        raise DataError(
+            f"{name} has no test or val split to evaluate; its splits are {', '.join(own)}"
+        )
+    if asked not in own:
+        where = f" in {source.root}" if source.root else ""
+        raise DataError(
+            f"{name} has no {asked} split{where} (its splits: {', '.join(own)}); "
+            "leave out --split to evaluate what it has"
+        )
+    return asked
+
+
+def _one_split(name: str, source, split: str) -> DataBundle:
+    """A bundle of one of the dataset's own splits, for evaluation (train and val alike)."""
+    raw = source.load(split)
+    in_channels = _unify_channels({split: raw}, source.in_channels)
+    scored = _split_from_raw(raw)
+    if len(scored) == 0:
+        raise DataError(f"{name}: the {split} split is empty")
+    mean, std = _channel_stats(scored, in_channels)
+    return DataBundle(
+        name=name,
+        train=scored,
+        val=scored,
+        test=None,
+        classes=list(source.classes),
+        in_channels=in_channels,
+        load_size=source.load_size,
+        mean=mean,
+        std=std,
+        skipped=_skipped_images(name, {split: raw}),
+        root=source.root,
+        splits={"val": split, "train": "none", "test": "none"},
     )
 
 

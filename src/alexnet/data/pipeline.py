@@ -23,7 +23,7 @@ from alexnet.data.loader import BatchLoader
 from alexnet.errors import ConfigError
 from alexnet.io.model_file import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Pipeline", "build_pipeline", "channel_stats", "ten_crop_source"]
+__all__ = ["Pipeline", "build_pipeline", "channel_stats", "ten_crop_source", "train_batches"]
 
 
 def channel_stats(
@@ -94,6 +94,28 @@ class Pipeline:
         )
 
 
+def train_batches(
+    split: Split,
+    batch_size: int,
+    seed: int,
+    drop_last: bool | None,
+    device: torch.device | str,
+    shard: dict[str, int],
+) -> BatchLoader:
+    """The shuffled training loader of ``split`` (``drop_last`` None: see build_pipeline)."""
+    if drop_last is None:
+        drop_last = math.ceil(len(split) / shard["world_size"]) % batch_size == 1
+    return BatchLoader(
+        split,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        drop_last=drop_last,
+        device=device,
+        **shard,
+    )
+
+
 def build_pipeline(
     dataset: str,
     *,
@@ -144,17 +166,7 @@ def build_pipeline(
     shard = dict(rank=rank, world_size=world_size, workers=workers)
     train_loader = None
     if augment is not None:
-        if drop_last is None:
-            drop_last = math.ceil(len(bundle.train) / world_size) % batch_size == 1
-        train_loader = BatchLoader(
-            bundle.train,
-            batch_size=batch_size,
-            shuffle=True,
-            seed=seed,
-            drop_last=drop_last,
-            device=device,
-            **shard,
-        )
+        train_loader = train_batches(bundle.train, batch_size, seed, drop_last, device, shard)
     return Pipeline(
         bundle=bundle,
         in_channels=in_ch,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,27 @@ from alexnet.models.loading import load_weights
 from alexnet.models.pretrained import imagenet_meta
 from alexnet.models.registry import get_model
 
-__all__ = ["load_for_inference", "load_model_file", "model_device"]
+__all__ = ["load_for_inference", "load_model_file", "model_device", "model_path"]
+
+# The model file of a run folder, in the order a run folder given as a model file is tried.
+RUN_MODEL_FILES = ("model.safetensors", "checkpoints/best.pt", "checkpoints/last.pt")
+
+
+def model_path(path: str | os.PathLike, *, log: Any = None) -> Path:
+    """``path``, or for a run folder its model file (``model.safetensors``, else a checkpoint
+    of an unfinished run), said through ``log`` (None: silent)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in RUN_MODEL_FILES:
+        if (path / name).is_file():
+            if log is not None:
+                log(f"{path} is a run folder: using {path / name}")
+            return path / name
+    raise WeightsError(
+        f"{path} is a folder without model.safetensors or checkpoints/*.pt; give a model file "
+        "(a run's model.safetensors, a checkpoint .pt or an .onnx) or a run folder"
+    )
 
 
 def load_model_file(
@@ -28,10 +49,10 @@ def load_model_file(
 
     ``path`` is a ``model.safetensors`` written by :func:`alexnet.save_model_file`, a checkpoint
     ``.pt`` (a dict with ``"model"`` and ``"meta"``) or an ``.onnx`` file written by
-    ``alexnet export`` (run by onnxruntime on the CPU: :mod:`alexnet.inference.onnx_model`). The
-    model gets ``class_names``.
+    ``alexnet export`` (run by onnxruntime on the CPU: :mod:`alexnet.inference.onnx_model`), or
+    a run folder (:func:`model_path`). The model gets ``class_names``.
     """
-    path = Path(path)
+    path = model_path(path)
     if not path.is_file():
         raise WeightsError(f"model file {path} does not exist")
     if path.suffix == ".onnx":

@@ -14,6 +14,7 @@ from alexnet.training.finish import RunResult
 from alexnet.training.loop import run
 from alexnet.training.lr_find import LRFindResult, find_lr, refuse_unused
 from alexnet.training.resume import resumed_config
+from alexnet.training.setup import batch_to_fit
 
 # RunResult is defined with the end of the run that builds it (finish.py imports nothing of
 # this module: api -> loop -> finish runs one way).
@@ -71,5 +72,11 @@ def lr_find(
     refuse_unused(overrides)
     settings = resolve(recipe, config, overrides)
     return find_lr(
-        settings.config, start_lr=start_lr, end_lr=end_lr, steps=steps, output=output, argv=argv
+        settings.config,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        output=output,
+        argv=argv,
+        fit_batch=batch_to_fit(settings),  # the batch `train` would fit to a small folder
     )

@@ -66,7 +66,8 @@ def evaluate_loader(
     predictions: bool = False,
     worst: int = 0,
 ) -> dict[str, Any]:
-    """Top-1, top-5, cross-entropy loss, per-class accuracy and the confusion matrix.
+    """Top-1, top-5 (None with 5 classes or fewer), cross-entropy loss, per-class accuracy
+    and the confusion matrix.
 
     ``tta``: ``none``; ``flip`` averages the softmax of the image and its mirror; ``ten-crop``
     averages the four corner and centre ``crop_size`` crops and their mirrors (the paper's
@@ -131,7 +132,8 @@ def evaluate_loader(
     out: dict[str, Any] = {
         "loss": float(loss_sum) / n if n else float("nan"),
         "top1": 100.0 * float(cm.trace()) / n if n else float("nan"),
-        "top5": 100.0 * float(hits[0]) / n if n else float("nan"),
+        # top-5 of 5 classes or fewer counts every image: not a figure, None
+        "top5": (100.0 * float(hits[0]) / n if n else float("nan")) if K > 5 else None,
         "num_images": n,
         "per_class": list(scores["recall"]),  # per-class accuracy is the recall
         "precision": scores["precision"],

@@ -224,6 +224,11 @@ def write_report(
     )
 
 
+def _top5(value: float | None) -> str:
+    """``  top-5 N%``, or nothing where top-5 is no figure (5 classes or fewer)."""
+    return "" if value is None else f"  top-5 {value:.2f}%"
+
+
 def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips) -> None:
     cfg, run_dir = setup.cfg, folder.path
     last = folder.history[-1] if folder.history else {}
@@ -233,12 +238,12 @@ def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips
             f"  best val top-1  {folder.best_top1:6.2f}%  (epoch {folder.best_epoch}/{cfg.epochs})"
         )
     if last.get("val_top1") is not None:
-        lines.append(f"  final val top-1 {last['val_top1']:6.2f}%  top-5 {last['val_top5']:.2f}%")
+        lines.append(f"  final val top-1 {last['val_top1']:6.2f}%{_top5(last['val_top5'])}")
     if setup.early_stop is not None and setup.early_stop.stopped:
         lines.append(f"  {setup.early_stop.reason()}")
     if test is not None:
         lines.append(
-            f"  test top-1      {test['top1']:6.2f}%  top-5 {test['top5']:.2f}%  "
+            f"  test top-1      {test['top1']:6.2f}%{_top5(test['top5'])}  "
             f"({test['num_images']} images, {used} weights)"
         )
     m, s = divmod(wall, 60)

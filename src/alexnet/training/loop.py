@@ -17,6 +17,7 @@ Rank 0 of a distributed group writes every file; a single process is
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import time
@@ -30,15 +31,15 @@ from alexnet.progress import bar as progress_bar
 from alexnet.progress import epoch_line, terminal_width
 from alexnet.runtime import precision_name, seed_everything
 from alexnet.text import plural
-from alexnet.training.config import ResolvedConfig, TrainConfig, describe
+from alexnet.training.config import ResolvedConfig, TrainConfig, config_to_dict, describe
 from alexnet.training.console import GracefulStop, say
 from alexnet.training.distributed import fault_point, session, state_digest
 from alexnet.training.engine import Diverged, train_one_epoch
 from alexnet.training.finish import REPORT_WORST, RunResult, finish
 from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
-from alexnet.training.run_folder import RunFolder, record_top1
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_folder import RunFolder, record_top1, write_yaml
+from alexnet.training.setup import TrainingSetup, batch_to_fit
 from alexnet.training.transfer import is_frozen, unfreeze
 
 __all__ = ["run"]
@@ -69,7 +70,7 @@ def run(
                 settings=settings,
             )
     t_start = time.perf_counter()
-    setup, folder = _open(cfg, dist, resume_dir)
+    setup, folder = _open(cfg, dist, resume_dir, settings)
     if resume_dir is None:
         position, note = dict(START), None
     else:
@@ -87,15 +88,20 @@ def run(
     return finish(setup, folder, t_start, train_time, train_images, last_val=last_val)
 
 
-def _open(cfg: TrainConfig, dist: Any, resume_dir: str | Path | None):
+def _open(
+    cfg: TrainConfig, dist: Any, resume_dir: str | Path | None, settings: ResolvedConfig | None
+):
     """The setup and its run folder. A new folder is made before the setup, so that an
-    unwritable --run-dir fails before any work, and removed again when a setting fails."""
+    unwritable --run-dir fails before any work, and removed again when a setting fails.
+    A new run's batch size that the user did not choose fits a small training set
+    (:meth:`TrainingSetup._fit_batch`); config.yaml then records the batch it trains with."""
     created = None
+    fit = batch_to_fit(settings) if resume_dir is None else None
     if resume_dir is None and dist.is_main:
         new_parents = RunFolder.new_folders(cfg)
         created = RunFolder.create(cfg)
     try:
-        setup = TrainingSetup(cfg, dist)
+        setup = TrainingSetup(cfg, dist, fit_batch=fit)
     except UserError:
         if created is not None:  # a setting that cannot work: leave nothing behind
             RunFolder.remove_unstarted(created, new_parents)
@@ -104,7 +110,9 @@ def _open(cfg: TrainConfig, dist: Any, resume_dir: str | Path | None):
         return setup, RunFolder(Path(resume_dir), cfg, setup, dist.is_main)
     # rank 0 named the folder (an automatic name holds the time): every rank takes it
     path = Path(dist.broadcast_object(str(created) if created is not None else None))
-    cfg = setup.cfg = replace(cfg, name=path.name)
+    cfg = setup.cfg = replace(setup.cfg, name=path.name)
+    if created is not None and fit is not None and cfg.batch_size != settings.config.batch_size:
+        write_yaml(path / "config.yaml", config_to_dict(cfg))  # the fitted batch size
     return setup, RunFolder(path, cfg, setup, dist.is_main)
 
 
@@ -120,9 +128,16 @@ def _announce(
         f"{plural(setup.threads, 'thread')}] -> {folder.path}"
     )
     if settings is not None:
+        if cfg.batch_size != settings.config.batch_size:  # fitted to a small training set
+            sources = {**settings.sources, "batch_size": "fitted to the data"}
+            settings = replace(settings, config=cfg, sources=sources)
+        notes = [setup.batch_note] if setup.batch_note else []
+        settings = replace(settings, notes=[*settings.notes, *notes])
         width = min(shutil.get_terminal_size((100, 24)).columns, 100)
         for line in describe(settings, width=width - 1):
             say(line)
+    elif setup.batch_note:
+        say(f"  note: {setup.batch_note}")
     if dist.is_distributed:
         n, b = dist.world_size, cfg.batch_size
         say(
@@ -315,7 +330,8 @@ def _diverged(setup: TrainingSetup, folder: RunFolder, where: str) -> Diverged:
 
 
 def _stopped(folder: RunFolder, msg: str) -> KeyboardInterrupt:
-    say(f"{msg}; saved {folder.paths['last']}\ncontinue with: alexnet train --resume {folder.path}")
+    resume = shlex.quote(str(folder.path))
+    say(f"{msg}; saved {folder.paths['last']}\ncontinue with: alexnet train --resume {resume}")
     return KeyboardInterrupt(f"stopped; resume with --resume {folder.path}")
 
 

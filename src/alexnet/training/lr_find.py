@@ -9,6 +9,10 @@ with bias correction, ``beta`` 0.98, as fastai); the sweep stops once the smooth
 exceeds ``diverge`` (4) times its lowest value, or the loss is NaN or Inf. The suggested rate
 is the one at the lowest smoothed loss divided by 10 (fastai's ``minimum`` rule): the loss
 still falls fast there, an order of magnitude below where it stops falling and diverges.
+A curve whose lowest smoothed loss lies in its first tenth (it only rose), or is not at least
+:data:`MIN_FALL` below where it stood after that tenth, has no such point: no rate is
+suggested, but what to change (more steps, a wider range, a smaller batch), with the
+``alexnet lr-find`` line that does it.
 
 Under DDP every rank trains its shard and the recorded loss is the mean over the ranks, so
 every rank stops at the same step; rank 0 writes the plot. The model is thrown away.
@@ -37,11 +41,16 @@ __all__ = [
     "LRFindResult",
     "NOT_USED",
     "find_lr",
+    "MIN_FALL",
     "refuse_unused",
+    "retry_command",
     "smooth_losses",
     "suggest_lr",
     "train_command",
 ]
+
+# The smallest fall of the smoothed loss, as a share of where it started, that is a descent.
+MIN_FALL = 0.01
 
 # lr-find's own flags (with a value each): left out of the `alexnet train` line it prints
 OWN_FLAGS = ("--steps", "--start-lr", "--end-lr", "--output")
@@ -68,17 +77,21 @@ class LRFindResult:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggestion: float  # the suggested --lr
+    suggestion: float | None  # the suggested --lr; None: the loss did not clearly fall
     lowest: float  # the rate at the lowest smoothed loss
     steepest: float  # the rate where the smoothed loss falls fastest
     stop_reason: str  # "diverged", "nan" or "end"
     plot: Path | None = None
-    command: str = ""  # the `alexnet train` line (or Python call) with the suggested rate
+    # the `alexnet train` line (or Python call) with the suggested rate; without one, the
+    # `alexnet lr-find` line (or call) with more steps, a wider range and a smaller batch
+    command: str = ""
+    fall: float = 0.0  # how far the smoothed loss fell, as a share of where it started
     config: TrainConfig | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
+        shown = "None" if self.suggestion is None else f"{self.suggestion:.3g}"
         return (
-            f"LRFindResult(suggestion={self.suggestion:.3g}, lowest={self.lowest:.3g}, "
+            f"LRFindResult(suggestion={shown}, lowest={self.lowest:.3g}, "
             f"steepest={self.steepest:.3g}, steps={len(self.lrs)}, stop={self.stop_reason!r})"
         )
 
@@ -115,6 +128,18 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> tuple[float, float, f
         if slope < fall and b <= lowest:
             steepest, fall = b, slope
     return lowest / 10, lowest, steepest
+
+
+def loss_fall(smoothed: list[float]) -> float:
+    """How far the smoothed loss fell: (start - lowest) / start, ``start`` its value after
+    the first tenth of the curve (the average is still settling before); 0 when its lowest
+    point is in that first tenth (it only rose)."""
+    finite = [s for s in smoothed if math.isfinite(s)]
+    settled = len(finite) // 10
+    if len(finite) < 2 or min(finite[: settled + 1]) <= min(finite):
+        return 0.0
+    start, lowest = finite[settled], min(finite)
+    return max(0.0, (start - lowest) / start) if start > 0 else 0.0
 
 
 class _Sweep:
@@ -161,9 +186,11 @@ def find_lr(
     beta: float = 0.98,
     diverge: float = 4.0,
     dist: Any = SINGLE,
+    fit_batch: str | None = None,
 ) -> LRFindResult:
     """Run the range test on ``cfg``'s data and model; write the plot to ``output`` (default
-    ``<run_dir>/lr-find-<recipe or model>-<dataset>.png``) and print the suggestion."""
+    ``<run_dir>/lr-find-<recipe or model>-<dataset>.png``) and print the suggestion.
+    ``fit_batch``: as for :class:`TrainingSetup` (the batch a run would fit to small data)."""
     if not 0 < start_lr < end_lr:
         raise UserError(f"--start-lr must be positive and below --end-lr, got {start_lr}, {end_lr}")
     if steps < 5:
@@ -171,21 +198,32 @@ def find_lr(
     if dist is SINGLE:  # torchrun's group when launched by it, else one process
         with session(cfg.device) as ctx:
             return find_lr(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, output=output,
-                           argv=argv, beta=beta, diverge=diverge, dist=ctx)  # fmt: skip
-    setup = TrainingSetup(replace(cfg, scheduler="none", warmup_epochs=0.0), dist)
+                           argv=argv, beta=beta, diverge=diverge, dist=ctx,
+                           fit_batch=fit_batch)  # fmt: skip
+    swept = replace(cfg, scheduler="none", warmup_epochs=0.0)
+    setup = TrainingSetup(swept, dist, fit_batch=fit_batch)
+    if setup.batch_note and dist.is_main:
+        say(f"lr-find: {setup.batch_note}")
     lrs, losses = _sweep(setup, start_lr, end_lr, steps, diverge, beta)
     smoothed = smooth_losses(losses, beta)
     suggestion, lowest, steepest = suggest_lr(lrs, smoothed)
     reason = _stop_reason(losses, smoothed, steps, diverge)
+    fall = loss_fall(smoothed)
+    if fall < MIN_FALL:  # a flat curve: its lowest point is noise, not a rate to train at
+        suggestion = None
     result = LRFindResult(lrs, losses, smoothed, suggestion, lowest, steepest, reason, config=cfg)
-    result.command = train_command(argv, cfg, suggestion)
+    result.fall = fall
+    if suggestion is None:
+        result.command = retry_command(argv, cfg, _wider(start_lr, end_lr, steps, cfg))
+    else:
+        result.command = train_command(argv, cfg, suggestion)
     if dist.is_main:
         label = f"{cfg.recipe or cfg.model}-{cfg.dataset}"
         path = Path(output) if output else Path(cfg.run_dir) / f"lr-find-{label}.png"
         if cfg.plots:
             title = f"learning-rate range test: {cfg.model} on {cfg.dataset}"
             result.plot = plots.plot_lr_find(lrs, losses, smoothed, suggestion, path, title=title)
-        _report(result, start_lr)
+        _report(result, start_lr, end_lr, steps)
     return result
 
 
@@ -242,20 +280,50 @@ def train_command(argv: list[str] | None, cfg: TrainConfig, lr: float) -> str:
     if not argv or "lr-find" not in argv:
         recipe = f"recipe={cfg.recipe!r}, " if cfg.recipe else ""
         return f"alexnet.train({recipe}lr={rate}, ...)  # with the same settings"
+    out = _without(argv, (*OWN_FLAGS, "--lr"))
+    return shlex.join([("train" if a == "lr-find" else a) for a in out] + ["--lr", rate])
+
+
+def retry_command(argv: list[str] | None, cfg: TrainConfig, changes: dict[str, Any]) -> str:
+    """``alexnet lr-find ...`` with ``changes`` (flag name without dashes, ``_`` for ``-`` ->
+    value) in place of those flags; from Python (no argv), the ``alexnet.lr_find(...)`` call."""
+    if not argv or "lr-find" not in argv:
+        recipe = f"recipe={cfg.recipe!r}, " if cfg.recipe else ""
+        given = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+        return f"alexnet.lr_find({recipe}{given}, ...)  # with the same settings"
+    flags = {f"--{k.replace('_', '-')}": v for k, v in changes.items()}
+    out = _without(argv, tuple(flags))
+    return shlex.join(out + [str(x) for kv in flags.items() for x in kv])
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``flags`` and their values (``--flag V`` or ``--flag=V``)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        name = arg.split("=", 1)[0]
-        if name in (*OWN_FLAGS, "--lr"):
+        if arg.split("=", 1)[0] in flags:
             skip = "=" not in arg
             continue
-        out.append("train" if arg == "lr-find" else arg)
-    return shlex.join([*out, "--lr", rate])
+        out.append(arg)
+    return out
 
 
-def _report(result: LRFindResult, start_lr: float) -> None:
+def _wider(start_lr: float, end_lr: float, steps: int, cfg: TrainConfig) -> dict[str, Any]:
+    """What to try after a flat curve: 3x the steps, a range 10x wider at both ends and half
+    the batch (more, noisier steps: the loss moves sooner)."""
+    changes: dict[str, Any] = {
+        "steps": max(3 * steps, 100),
+        "start_lr": float(f"{start_lr / 10:.2g}"),
+        "end_lr": float(f"{end_lr * 10:.2g}"),
+    }
+    if cfg.batch_size > 1:
+        changes["batch_size"] = max(1, cfg.batch_size // 2)
+    return changes
+
+
+def _report(result: LRFindResult, start_lr: float, end_lr: float, steps: int) -> None:
     lrs = result.lrs
     why = {
         "nan": f"the loss became NaN or Inf at lr {lrs[-1]:.2g}",
@@ -264,6 +332,20 @@ def _report(result: LRFindResult, start_lr: float) -> None:
     }[result.stop_reason]
     say(f"lr-find: {len(lrs)} steps from lr {start_lr:.2g} to {lrs[-1]:.2g}; stopped: {why}")
     finite = [s for s in result.smoothed if math.isfinite(s)]
+    if result.suggestion is None:
+        say(
+            f"  the loss did not clearly fall: its lowest smoothed value, {min(finite):.4f}, is "
+            f"{result.fall:.0%} below where it started (a descent is {MIN_FALL:.0%} or more), "
+            "so there is no rate to suggest"
+        )
+        if result.plot is not None:
+            say(f"  plot: {result.plot}")
+        say(
+            f"  try more steps (--steps, {steps} now), a wider range (--start-lr, --end-lr: "
+            f"{start_lr:.2g} to {end_lr:.2g} now) or a smaller batch (--batch-size), e.g.:"
+        )
+        say(f"  {result.command}")
+        return
     say(
         f"  lowest smoothed loss {min(finite):.4f} at lr {result.lowest:.2g}; steepest fall "
         f"at lr {result.steepest:.2g}"

@@ -10,13 +10,14 @@ Nothing here touches the run folder (:mod:`alexnet.training.run_folder`).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from alexnet.data.mixing import BatchMixing
-from alexnet.data.pipeline import build_pipeline
+from alexnet.data.pipeline import build_pipeline, train_batches
 from alexnet.errors import ConfigError
 from alexnet.io.checkpoint import state_is_finite
 from alexnet.io.model_file import ModelMeta
@@ -31,7 +32,7 @@ from alexnet.runtime import (
     set_deterministic,
     set_threads,
 )
-from alexnet.training.config import TrainConfig
+from alexnet.training.config import ResolvedConfig, TrainConfig
 from alexnet.training.early_stop import EarlyStopping
 from alexnet.training.ema import ModelEma
 from alexnet.training.engine import StepOptions
@@ -39,11 +40,49 @@ from alexnet.training.evaluation import evaluate_loader
 from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.transfer import apply_transfer
 
-__all__ = ["WHITEN_IMAGES", "TrainingSetup", "build_model", "whitening_images"]
+__all__ = [
+    "MIN_STEPS",
+    "WHITEN_IMAGES",
+    "TrainingSetup",
+    "build_model",
+    "fitted_batch_size",
+    "whitening_images",
+]
 
 # Training images whose patches whiten conv1 (``whiten``): at most this many, and at most
 # this many 32x32 images' worth of pixels at larger sizes (~60 MB of float32 either way).
 WHITEN_IMAGES = 5000
+
+# Optimiser steps per epoch below which a batch size the user did not choose is made
+# smaller: TrainConfig's default batch on a small folder; a recipe's only on tiny data.
+MIN_STEPS = 8
+MIN_STEPS_RECIPE = 4
+MIN_FITTED_BATCH = 8  # smaller batches make BatchNorm's statistics noise
+
+
+def batch_to_fit(settings: ResolvedConfig | None) -> str | None:
+    """Where the batch size came from when the user did not choose it (``default`` or
+    ``recipe NAME``): such a batch may be fitted to a small training set; else None."""
+    if settings is None:
+        return None
+    where = settings.sources.get("batch_size", "default")
+    return where if where == "default" or where.startswith("recipe ") else None
+
+
+def fitted_batch_size(
+    n_train: int, batch_size: int, *, accumulate: int, world: int, recipe: bool
+) -> int | None:
+    """A smaller batch (a power of two, at least :data:`MIN_FITTED_BATCH`) that gives
+    ``n_train`` images at least :data:`MIN_STEPS` optimiser steps per epoch
+    (:data:`MIN_STEPS_RECIPE` for a recipe's batch), or as many as it can; None when
+    ``batch_size`` already does (or no smaller batch would)."""
+    least = MIN_STEPS_RECIPE if recipe else MIN_STEPS
+    per_rank = math.ceil(n_train / world)
+    if math.ceil(per_rank / (batch_size * accumulate)) >= least:
+        return None
+    fit = 2 ** int(math.log2(max(1.0, per_rank / (least * accumulate))))
+    fit = max(MIN_FITTED_BATCH, fit)
+    return fit if fit < batch_size else None
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -120,7 +159,10 @@ class TrainingSetup:
     loaders, model, optimiser, schedule, loss, mixing, and when asked for the weights' moving
     average (``ema``) and early stopping (``early_stop``); those are None when off."""
 
-    def __init__(self, cfg: TrainConfig, dist: Any):
+    def __init__(self, cfg: TrainConfig, dist: Any, *, fit_batch: str | None = None):
+        """``fit_batch``: where the batch size came from when the user did not choose it
+        (``default`` or ``recipe NAME``): a small training set then gets a smaller batch
+        (:func:`fitted_batch_size`), said in ``batch_note``."""
         info = model_info(cfg.model)
         self.image_size = cfg.image_size or info.native_input_size
         if self.image_size < info.min_input_size:
@@ -129,8 +171,10 @@ class TrainingSetup:
                 f"{info.min_input_size}; use --image-size {info.native_input_size} (its native size)"
             )
         self.cfg, self.dist = cfg, dist
+        self.batch_note: str | None = None  # what the start of the run says of the batch
         self._set_runtime()
         self._build_data()
+        self._fit_batch(fit_batch)
         self._build_model()
         self._build_optimisation()
         self._build_extras()
@@ -186,6 +230,38 @@ class TrainingSetup:
         # optimiser steps: what the schedule counts (one per `accumulate` micro-batches)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.accumulate)
         self.val_loader = self.eval_loader(self.data.val)
+
+    def _fit_batch(self, source: str | None) -> None:
+        """A smaller batch for a small training set when the user did not choose one; a note
+        when the batch they chose gives few steps per epoch."""
+        cfg, n = self.cfg, len(self.data.train)
+        steps = self.updates_per_epoch
+        fit = None
+        if source is not None:
+            fit = fitted_batch_size(n, cfg.batch_size, accumulate=cfg.accumulate,
+                                    world=self.dist.world_size, recipe=source != "default")  # fmt: skip
+        if fit is None:
+            if steps < MIN_STEPS and cfg.batch_size > 2:
+                self.batch_note = (
+                    f"batch size {cfg.batch_size} gives {steps} optimiser "
+                    f"step{'s' if steps != 1 else ''} per epoch on {n} training images; a "
+                    "smaller --batch-size gives more"
+                )
+            return
+        was = cfg.batch_size
+        whose = "the default" if source == "default" else f"the {source.split()[-1]} recipe's"
+        self.cfg = replace(cfg, batch_size=fit)
+        pipe = self.pipeline
+        pipe.train_loader = train_batches(pipe.bundle.train, fit, cfg.seed, None,
+                                          self.device, pipe.shard)  # fmt: skip
+        self.train_loader = pipe.train_loader
+        self.steps_per_epoch = len(self.train_loader)
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.accumulate)
+        self.batch_note = (
+            f"batch size {fit}, not {whose} {was}: {was} gives {steps} optimiser "
+            f"step{'s' if steps != 1 else ''} per epoch on {n} training images, {fit} gives "
+            f"{self.updates_per_epoch}; set --batch-size to choose"
+        )
 
     def _build_model(self) -> None:
         cfg, in_ch = self.cfg, self.pipeline.in_channels

@@ -197,20 +197,22 @@ def plot_lr_find(
     lrs: Sequence[float],
     losses: Sequence[float],
     smoothed: Sequence[float],
-    suggestion: float,
+    suggestion: float | None,
     path: str | Path,
     *,
     title: str | None = None,
 ) -> Path:
     """The learning-rate range test's curve: loss (raw and smoothed) against the learning
-    rate on a log axis, the suggested rate marked (:mod:`alexnet.training.lr_find`)."""
+    rate on a log axis, the suggested rate marked when there is one
+    (:mod:`alexnet.training.lr_find`)."""
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     finite = [(x, y) for x, y in zip(lrs, losses, strict=True) if math.isfinite(y)]
     if finite:
         ax.plot(*zip(*finite, strict=True), color="0.7", lw=1, label="loss")
     ax.plot(lrs[: len(smoothed)], smoothed, lw=2, label="smoothed loss")
-    ax.axvline(suggestion, color="black", ls="--", lw=1, label=f"suggested lr {suggestion:.2g}")
+    if suggestion is not None:  # None: the loss did not clearly fall
+        ax.axvline(suggestion, color="black", ls="--", lw=1, label=f"suggested lr {suggestion:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")

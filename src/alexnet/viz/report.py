@@ -149,6 +149,8 @@ def _metrics_table(
         "images_per_s": "training images/s",
     }
     for key, label in labels.items():
+        if key == "val_top5" and last.get(key) in (None, ""):  # <= 5 classes: no top-5
+            continue
         if key in last:
             v = _as_float(last[key])
             rows.append((label, _fmt(v) if v is not None else _fmt(last[key])))

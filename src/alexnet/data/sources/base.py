@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from alexnet.data.cache import CACHE_FORMAT_VERSION, TensorCache, cached, fingerprint
-from alexnet.data.decode import decode_files, square_resize
+from alexnet.data.decode import IMAGE_EXTENSIONS, decode_files, square_resize
 from alexnet.data.files import ImageFileDataset, TensorImageDataset
 from alexnet.errors import DataError
 
@@ -32,6 +32,7 @@ __all__ = [
     "download",
     "fits_in_memory",
     "load_image_files",
+    "not_found",
     "resize_all",
     "split_from_tensors",
     "stratified_split",
@@ -132,6 +133,7 @@ class Source:
     takes_root = True  # --data
     downloads = True  # --download
     reads_image_files = False  # --skip-bad-images
+    missing_train: str | None = None  # why it has no split to train on (image folders)
     _opts: Options
     _in_memory: bool = True  # image-file sets: decode into memory, or stream from disk
 
@@ -199,6 +201,40 @@ def _download_reason(e: Exception) -> str:
 
 
 # ------------------------------------------------------------------ image-file sets
+
+
+def class_folders_in(root: str | Path, limit: int = 50) -> list[str]:
+    """The subfolders of ``root`` that hold image files (``root/<class>/<image>``, or its
+    ``train/``'s), looking at no more than ``limit`` of them; [] when there are none."""
+    base = Path(root)
+    if (base / "train").is_dir():
+        base = base / "train"
+    found = []
+    try:
+        subdirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return []
+    for d in subdirs[:limit]:
+        try:
+            if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir()):
+                found.append(d.name)
+        except OSError:
+            continue
+    return found
+
+
+def not_found(name: str, opts: Options, looked: str) -> DataError:
+    """``name``'s files are missing: where it looked, how to get them; when ``--data`` is a
+    folder of class folders of images, how to train on those instead (``--dataset imagefolder``)."""
+    classes = class_folders_in(opts.root) if opts.root else []
+    if classes:
+        shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        return DataError(
+            f"{name} not found in {opts.root}, which is a folder of your own images (class "
+            f"folders {shown}): to train on them, add --dataset imagefolder (a recipe's other "
+            f"settings still apply); for {name} itself, {looked}"
+        )
+    return DataError(f"{name} not found: {looked}")
 
 
 def _check_cached_skips(entry: dict, skip_bad_images: bool) -> None:

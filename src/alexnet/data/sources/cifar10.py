@@ -19,6 +19,7 @@ from alexnet.data.sources.base import (
     Source,
     default_data_root,
     download,
+    not_found,
     resize_all,
     split_from_tensors,
     torchvision_error,
@@ -91,10 +92,12 @@ class Cifar10(Source):
             )
             missing = [f for f in needed if not (self.base / f).is_file()]
         if missing:
-            raise DataError(
-                f"cifar10 not found: looked in {self.base} for data_batch_1..5, test_batch and "
-                f"batches.meta ({missing[0]} is missing); pass --download to fetch it (163 MB), "
-                f"or --data DIR for the folder that holds {self.folder}/"
+            raise not_found(
+                self.name,
+                opts,
+                f"looked in {self.base} for data_batch_1..5, test_batch and batches.meta "
+                f"({missing[0]} is missing); pass --download to fetch it (163 MB), or --data "
+                f"DIR for the folder that holds {self.folder}/",
             )
         meta = _load_plain_pickle(self.base / self.meta_file)
         try:

@@ -15,6 +15,7 @@ from alexnet.data.sources.base import (
     Source,
     default_data_root,
     download,
+    not_found,
     resize_all,
     split_from_tensors,
     torchvision_error,
@@ -51,10 +52,12 @@ class FashionMnist(Source):
             )
             missing = [f for f in needed if not (self.raw / f).is_file()]
         if missing:
-            raise DataError(
-                f"fashion-mnist not found: looked in {self.raw} for {', '.join(needed)} "
-                f"(or the same names + .gz; {missing[0]} is missing); pass --download to fetch "
-                "it (30 MB), or --data DIR for the folder that holds FashionMNIST/raw/"
+            raise not_found(
+                self.name,
+                opts,
+                f"looked in {self.raw} for {', '.join(needed)} (or the same names + .gz; "
+                f"{missing[0]} is missing); pass --download to fetch it (30 MB), or --data DIR "
+                "for the folder that holds FashionMNIST/raw/",
             )
         self.classes = list(FashionMNIST.classes)
         self.in_channels = 1

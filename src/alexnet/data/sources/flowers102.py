@@ -13,6 +13,7 @@ from alexnet.data.sources.base import (
     download,
     fits_in_memory,
     load_image_files,
+    not_found,
     torchvision_error,
 )
 from alexnet.errors import DataError
@@ -52,10 +53,11 @@ class Flowers102(Source):
                 self._by_hand,
             )
         if not self._present():
-            raise DataError(
-                f"flowers102 not found: looked in {self.base} for jpg/, imagelabels.mat and "
-                "setid.mat; pass --download to fetch it (330 MB), or --data DIR for the folder "
-                "that holds flowers-102/"
+            raise not_found(
+                self.name,
+                opts,
+                f"looked in {self.base} for jpg/, imagelabels.mat and setid.mat; pass --download "
+                "to fetch it (330 MB), or --data DIR for the folder that holds flowers-102/",
             )
         self.classes = _flower_names()
         self.in_channels = 3

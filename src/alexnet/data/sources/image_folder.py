@@ -11,8 +11,21 @@ from PIL import Image
 from alexnet.data.decode import IMAGE_EXTENSIONS, probe_channels
 from alexnet.data.sources.base import Options, RawSplit, Source, fits_in_memory, load_image_files
 from alexnet.errors import DataError
+from alexnet.io.safe_load import what_file_is
 
 log = logging.getLogger("alexnet.data.loading")  # the one logger of data loading (see base)
+
+
+def _a_file_not_a_folder(path: Path, layout: str) -> str:
+    """The message for a file given where the image folder's root is expected."""
+    what = what_file_is(path)
+    hint = ""
+    if path.suffix.lower() in IMAGE_EXTENSIONS and path.parent.parent != path.parent:
+        hint = f" (the folder that holds its class folder would be {path.parent.parent})"
+    return (
+        f"imagefolder: {path} is a file ({what}), not a folder; --data takes the folder of "
+        f"class folders, {layout}{hint}"
+    )
 
 
 def _list_images(folder: Path) -> list[str]:
@@ -27,47 +40,48 @@ def _list_images(folder: Path) -> list[str]:
 
 
 class ImageFolder(Source):
-    """``ROOT/train/<class>/<image>``, optional ``ROOT/val/`` and ``ROOT/test/`` with the same
-    class folders; or just ``ROOT/<class>/<image>`` (used as the train split)."""
+    """``ROOT/<class>/<image>`` (one split: train, or the split evaluation scores), or
+    ``ROOT/train/<class>/<image>`` with optional ``ROOT/val/`` and ``ROOT/test/`` with the same
+    class folders. ``ROOT/test/`` (or ``val/``) without ``train/`` serves evaluation only."""
 
     name = "imagefolder"
     downloads = False
     reads_image_files = True
-    layout = "ROOT/train/<class>/<image> (optionally ROOT/val/<class>/... and ROOT/test/...)"
+    layout = (
+        "ROOT/<class>/<image>, or ROOT/train/<class>/<image> (optionally with "
+        "ROOT/val/<class>/... and ROOT/test/<class>/...)"
+    )
 
     def __init__(self, opts: Options):
         self._opts = opts
         if not opts.root:
             raise DataError(f"imagefolder needs --data ROOT laid out as {self.layout}")
         base = Path(opts.root).expanduser()
+        if base.is_file():
+            raise DataError(_a_file_not_a_folder(base, self.layout))
         if not base.is_dir():
             raise DataError(f"imagefolder: {base} does not exist; expected {self.layout}")
         self.root = str(base.resolve())
         named = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
-        if "train" in named:
-            self._dirs = named
-        elif named:
-            raise DataError(
-                f"imagefolder: {base} has {', '.join(named)}/ but no train/; expected {self.layout}"
-            )
-        else:
-            self._dirs = {"train": base}  # a bare ROOT/<class>/<image> tree
-        train_dir = self._dirs["train"]
+        # a bare ROOT/<class>/<image> tree is one split, named train
+        self._dirs = named or {"train": base}
+        first = next(iter(self._dirs.values()))  # the class folders: train's, else val's, test's
         self.classes = sorted(
-            d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+            d.name for d in first.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
         if not self.classes:
-            raise DataError(
-                f"imagefolder: {train_dir} has no class folders; expected {self.layout}"
-            )
+            loose = any(f.suffix.lower() in IMAGE_EXTENSIONS for f in first.iterdir())
+            what = "holds images but no class folders" if loose else "has no class folders"
+            raise DataError(f"imagefolder: {first} {what}; expected {self.layout}")
         self.splits = tuple(self._dirs)
         self._files = {s: self._scan(s) for s in self.splits}
         self.in_channels = 3
-        self.load_size = opts.load_size or self._guess_size(self._files["train"][0])
+        first_files = next(iter(self._files.values()))[0]
+        self.load_size = opts.load_size or self._guess_size(first_files)
         n = sum(len(p) for p, _ in self._files.values())
         self._in_memory = fits_in_memory(opts, n, 3, self.load_size)
         if not self._in_memory:
-            self.in_channels = probe_channels(self._files["train"][0])
+            self.in_channels = probe_channels(first_files)
 
     def _scan(self, split: str) -> tuple[list[str], list[int]]:
         folder = self._dirs[split]
@@ -77,12 +91,12 @@ class ImageFolder(Source):
         subdirs = sorted(
             d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
-        if split != "train":
+        if folder != next(iter(self._dirs.values())):  # the class folders came from the first
             unknown = [d for d in subdirs if d not in index]
             if unknown:
                 raise DataError(
-                    f"imagefolder: class folder {folder / unknown[0]} is not among the train "
-                    f"classes ({', '.join(self.classes[:10])}{', ...' if len(index) > 10 else ''})"
+                    f"imagefolder: class folder {folder / unknown[0]} is not among the "
+                    f"{next(iter(self._dirs))} classes ({', '.join(self.classes[:10])}{', ...' if len(index) > 10 else ''})"
                 )
         for c in subdirs:
             files = _list_images(folder / c)
@@ -94,6 +108,16 @@ class ImageFolder(Source):
         if not paths:
             raise DataError(f"imagefolder: {folder} holds no images; expected {self.layout}")
         return paths, labels
+
+    @property
+    def missing_train(self) -> str | None:
+        """Why this folder cannot be trained on (None: it can)."""
+        if "train" in self._dirs:
+            return None
+        return (
+            f"imagefolder: {self.root} has {', '.join(self._dirs)}/ but no train/ to train on "
+            f"(evaluate with it instead); expected {self.layout}"
+        )
 
     def _guess_size(self, paths: list[str]) -> int:
         """The images' own size when the first few are equal squares of <= 256 px, else 256."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from alexnet.choices import PRECISIONS
 from alexnet.errors import UserError
 
 __all__ = [
@@ -27,10 +28,6 @@ __all__ = [
     "set_threads",
     "set_deterministic",
 ]
-
-
-# What --precision (and TrainConfig.precision) may say; see resolve_precision.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(name: str = "auto") -> torch.device:

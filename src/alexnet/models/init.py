@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["INIT_SCHEMES", "alexnet_paper_init", "apply_init", "dirac_convs_", "whiten_conv_"]
+from alexnet.choices import INIT_SCHEMES
 
-INIT_SCHEMES = ("default", "xavier", "paper")
+__all__ = ["INIT_SCHEMES", "alexnet_paper_init", "apply_init", "dirac_convs_", "whiten_conv_"]
 
 
 def alexnet_paper_init(features: nn.Sequential, classifier: nn.Sequential) -> None:

@@ -171,6 +171,19 @@ def _validate_transfer(cfg: TrainConfig) -> None:
         )
 
 
+def _pretrained_model(values: dict, sources: dict, flags: dict) -> list[str]:
+    """``--pretrained`` (``--init imagenet``) without ``--model``: the model whose weights
+    are published (alexnet) replaces the recipe's or the default one."""
+    if not _is_published(flags.get("init_from", values.get("init_from")) or ""):
+        return []
+    chosen = _get(values, "model")
+    by_user = "model" in flags or not sources.get("model", "recipe").startswith("recipe")
+    if chosen == "alexnet" or by_user:
+        return []
+    flags["model"] = "alexnet"
+    return [f"--pretrained: model alexnet (torchvision's ImageNet weights) instead of {chosen}"]
+
+
 def _is_published(init_from: str) -> bool:
     return init_from.lower() in PUBLISHED_WEIGHTS
 
@@ -298,9 +311,14 @@ def resolve(
             raise ConfigError(_no_root_message(values["dataset"]))
         flags["dataset"] = "imagefolder"  # --data alone: a folder of images
         notes.append("--data without --dataset: the folder is read as an image folder")
+    notes += _pretrained_model(values, sources, flags)
     _layer(values, sources, flags, "flag")
     if recipe is not None:
         notes += _drop_foreign(values, sources, recipe_values, recipe)
+    if _is_published(_get(values, "init_from") or ""):  # the statistics the weights learnt
+        for key in ("mean", "std"):
+            if key not in values:
+                values[key], sources[key] = "imagenet", "--pretrained"
     _refuse_unused_flags(values, flags)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch

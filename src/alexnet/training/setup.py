@@ -254,18 +254,17 @@ class TrainingSetup:
     @property
     def step_options(self) -> StepOptions:
         """How each training step runs (read per epoch: the schedule and scaler are live)."""
-        return StepOptions(
+        return StepOptions.from_config(  # grad_clip, accumulate: the config's own
+            self.cfg,
             transform=self.train_tf,
             criterion=self.criterion,
             device=self.device,
             amp_dtype=self.amp_dtype,
             scaler=self.scaler,
             schedule=self.schedule,
-            channels_last=self.channels_last,
-            grad_clip=self.cfg.grad_clip,
+            channels_last=self.channels_last,  # resolved: None = on except on mps
             dist=self.dist,
             mix=self.mix,
-            accumulate=self.cfg.accumulate,
             ema=self.ema,
         )
 

@@ -103,6 +103,7 @@ def test_the_declarations_import_no_torch() -> None:
         (["--pretrained", "--model", "alexnet_cifar"], "exist for --model alexnet only"),
         (["--clip-grad", "0"], "grad_clip must be positive"),
         (["--freeze", "head"], "invalid choice: 'head'"),
+        (["--init", "a.pt", "--pretrained"], "--pretrained: not allowed with argument --init"),
     ],
 )
 def test_flags_that_do_not_apply_are_one_sentence(argv, says, capsys, monkeypatch) -> None:

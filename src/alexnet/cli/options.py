@@ -121,6 +121,8 @@ def _add_flag(g, key: str, opt: Option, hint: Any, default: Any) -> None:
         kw["type"] = base
     if opt.choices is not None:
         kw["choices"] = [*opt.choices, *([opt.none_word] if opt.none_word else [])]
+    if opt.const_flags:  # --init FILE or --pretrained, not both
+        g = g.add_mutually_exclusive_group()
     g.add_argument(*names, **kw)
     for flag, const in opt.const_flags.items():
         g.add_argument(

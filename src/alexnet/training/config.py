@@ -152,22 +152,12 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 def _validate_transfer(cfg: TrainConfig) -> None:
-    """--init / --pretrained, --freeze, --unfreeze-after, --backbone-lr-scale: where each
-    applies."""
+    """--pretrained (init_from imagenet): the published weights are alexnet's."""
     if cfg.init_from is not None and _is_published(cfg.init_from) and cfg.model != "alexnet":
         raise ConfigError(
             f"--pretrained (init_from imagenet) loads torchvision's ImageNet weights, which "
             f"exist for --model alexnet only, not {cfg.model}; add --model alexnet or use "
             "--init FILE (a model file or checkpoint of yours)"
-        )
-    if cfg.unfreeze_after is not None and cfg.freeze is None:
-        raise ConfigError(
-            "--unfreeze-after needs frozen layers (--freeze features); drop it or add --freeze"
-        )
-    if cfg.backbone_lr_scale != 1.0 and cfg.init_from is None:
-        raise ConfigError(
-            "--backbone-lr-scale applies to loaded layers only (--init FILE or --pretrained); "
-            "drop it or add one"
         )
 
 
@@ -439,6 +429,17 @@ def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
             "plateau_patience",
             scheduler == "plateau",
             f"plateau_patience applies to --scheduler plateau, not {scheduler}; drop it",
+        ),
+        (
+            "unfreeze_after",
+            get("freeze") is not None or flags.get("unfreeze_after") is None,
+            "--unfreeze-after needs frozen layers (--freeze features); drop it or add --freeze",
+        ),
+        (
+            "backbone_lr_scale",
+            get("init_from") is not None or flags.get("backbone_lr_scale") == 1.0,
+            "--backbone-lr-scale applies to loaded layers only (--init FILE or --pretrained); "
+            "drop it or add one",
         ),
     ]
     for key, applies, message in rules:

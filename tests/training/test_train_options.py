@@ -129,6 +129,8 @@ def test_the_start_line_shows_transfer_and_clipping() -> None:
                   "grad clip 1.5"):  # fmt: skip
         assert shown in text
     assert "grad clip" not in "\n".join(describe(resolve(), width=200))
+    shown = "\n".join(describe(resolve(overrides=parse_train(["--no-channels-last"])), width=200))
+    assert "channels last False" in shown
 
 
 # ----------------------------------------------------------------- --clip-grad

@@ -249,7 +249,7 @@ class TrainConfig:
     )  # fmt: skip
     precision: str = option("auto", group=SPEED, choices=PRECISIONS, show="always")
     channels_last: bool | None = option(
-        group=SPEED, negatable=True,
+        group=SPEED, negatable=True, show="set",
         help="the memory layout of the batches and the model (default: on, except on mps); "
         "--no-channels-last keeps NCHW end to end",
     )  # fmt: skip

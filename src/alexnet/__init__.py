@@ -2,10 +2,10 @@
 
 from alexnet.inference.loading import load_model_file
 from alexnet.io.model_file import ModelMeta, save_model_file
-from alexnet.models.explain import explain
 from alexnet.models.loading import load_weights
 from alexnet.models.pretrained import imagenet_meta
 from alexnet.models.registry import count_parameters, get_model, list_models, model_info
+from alexnet.models.sizes import explain
 from alexnet.models.summary import summarize
 from alexnet.models.trace import trace
 from alexnet.version import __version__

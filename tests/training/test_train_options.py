@@ -17,7 +17,7 @@ from test_train import make_imagefolder, tiny
 from torch import nn
 
 import alexnet
-import alexnet.training.setup as training_setup
+import alexnet.training.run_setup as training_setup
 from alexnet.cli import build_parser, main
 from alexnet.models.registry import get_model
 from alexnet.training.config import describe, resolve
@@ -295,7 +295,7 @@ def test_readme_transfer_line_trains_with_weights_in_the_hub_cache(
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     seen = {}
-    import alexnet.training.loop as loop
+    import alexnet.training.run as loop
 
     real = loop.train_one_epoch
 

@@ -9,8 +9,8 @@ import json
 import torch
 
 from alexnet.errors import UserError
-from alexnet.models.explain import explain
 from alexnet.models.registry import count_parameters, get_model, list_models, model_info
+from alexnet.models.sizes import explain
 from alexnet.models.summary import summarize
 from alexnet.models.trace import format_trace
 

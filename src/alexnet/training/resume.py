@@ -31,7 +31,7 @@ from alexnet.training.console import say
 from alexnet.training.options import RESUME_MAY_CHANGE
 from alexnet.training.provenance import command_line, now
 from alexnet.training.run_folder import RunFolder
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 
 __all__ = ["RESUME_MAY_CHANGE", "START", "is_finished", "resume_state", "resumed_config"]
 

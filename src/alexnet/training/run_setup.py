@@ -36,7 +36,7 @@ from alexnet.training.config import TrainConfig
 from alexnet.training.early_stop import EarlyStopping
 from alexnet.training.ema import ModelEma
 from alexnet.training.engine import StepOptions
-from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.eval_loop import evaluate_loader
 from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.transfer import apply_transfer
 

@@ -38,7 +38,7 @@ from alexnet.training.finish import REPORT_WORST, RunResult, finish
 from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
 from alexnet.training.run_folder import RunFolder, record_top1
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 from alexnet.training.transfer import is_frozen, unfreeze
 
 __all__ = ["run"]

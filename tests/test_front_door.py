@@ -172,7 +172,7 @@ def test_the_default_recipe_uses_every_core_and_says_threads_rightly(tmp_path, c
 def test_a_run_killed_while_its_data_loads_can_be_resumed(tmp_path, cache, monkeypatch):
     import importlib
 
-    training = importlib.import_module("alexnet.training.setup")
+    training = importlib.import_module("alexnet.training.run_setup")
     folder = photos(tmp_path / "imgs", n=4)
     kw = dict(data=str(folder), run_dir=str(tmp_path / "runs"), name="run", **FAST)
     real = training.TrainingSetup.__init__

@@ -213,7 +213,7 @@ def test_a_small_folder_gets_a_batch_that_gives_several_steps(tmp_path, capsys, 
 
 
 def test_a_recipes_batch_stays_unless_the_data_is_tiny():
-    from alexnet.training.setup import fitted_batch_size
+    from alexnet.training.run_setup import fitted_batch_size
 
     assert fitted_batch_size(1437, 128, accumulate=1, world=1, recipe=True) is None
     assert fitted_batch_size(300, 64, accumulate=1, world=1, recipe=True) is None  # 5 steps

@@ -22,7 +22,7 @@ from alexnet.inference.evaluate import evaluate_model_file as evaluate_model
 from alexnet.inference.loading import load_model_file
 from alexnet.io.metrics_csv import read_metrics
 from alexnet.io.model_file import ModelMeta, save_model_file
-from alexnet.training.evaluation import evaluate_loader as evaluate
+from alexnet.training.eval_loop import evaluate_loader as evaluate
 from alexnet.training.scoring import accuracy
 from alexnet.viz.plots import _curve_figures
 

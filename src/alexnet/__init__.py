@@ -13,7 +13,7 @@ _NAMES = {
     "list_models": ("alexnet.models.registry", "list_models"),
     "model_info": ("alexnet.models.registry", "model_info"),
     "count_parameters": ("alexnet.models.registry", "count_parameters"),
-    "explain": ("alexnet.models.explain", "explain"),
+    "explain": ("alexnet.models.sizes", "explain"),
     "summarize": ("alexnet.models.summary", "summarize"),
     "trace": ("alexnet.models.trace", "trace"),
     "ModelMeta": ("alexnet.io.model_file", "ModelMeta"),

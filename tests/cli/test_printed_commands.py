@@ -52,7 +52,7 @@ def run(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
 
 def test_every_command_the_cli_prints_parses(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import alexnet.training.loop as loop
+    import alexnet.training.run as loop
 
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

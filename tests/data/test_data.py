@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from reliability_utils import read_for_training
 
+from alexnet.cli import main
 from alexnet.data import decode as imagecache
 from alexnet.data.bundle import Split, list_datasets, load_data
 from alexnet.data.loader import BatchLoader
@@ -638,3 +639,17 @@ def test_png_with_corrupt_pixel_data_is_a_bad_image_not_a_crash():
     data[body + n : body + n + 4] = struct.pack(">I", crc)  # ...behind a valid chunk CRC
     with pytest.raises(imagecache.BadImage, match="corrupt"):
         imagecache.decode_image_bytes(bytes(data), "damaged.png")
+
+
+def test_too_few_images_to_hold_out_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """`alexnet train --data one --val-fraction 0.5` on one image per class: a sentence
+    saying what to do (it was a TypeError from len() of a RawSplit)."""
+    _colour_tree(tmp_path / "one", per_class=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "one", "--val-fraction", "0.5", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet: error: ") and err.count("\n") == 1
+    assert "2 training images (2 classes) are too few to hold out 50% for validation" in err
+    assert "lower --val-fraction" in err
+    with pytest.raises(DataError, match="too few to hold out"):
+        load_data("imagefolder", root=tmp_path / "one", val_fraction=0.5)

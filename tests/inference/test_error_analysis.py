@@ -22,7 +22,7 @@ from alexnet.data.augment import BatchTransform
 from alexnet.data.pipeline import build_pipeline
 from alexnet.io.model_file import ModelMeta, read_model_file, save_model_file
 from alexnet.models.registry import get_model
-from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.eval_loop import evaluate_loader
 from alexnet.training.scoring import class_scores, most_confused
 from alexnet.viz.report import write_report
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from alexnet.cli import main
-from alexnet.models.explain import explain
+from alexnet.models.sizes import explain
 from alexnet.models.summary import summarize
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.models.explain import explain
+from alexnet.models.sizes import explain
 from alexnet.models.summary import summarize
 from alexnet.models.trace import format_trace, trace
 

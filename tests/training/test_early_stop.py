@@ -17,7 +17,7 @@ from alexnet.errors import UserError
 from alexnet.io.checkpoint import load_checkpoint
 from alexnet.training.early_stop import EarlyStopping
 
-loop = importlib.import_module("alexnet.training.loop")
+loop = importlib.import_module("alexnet.training.run")
 
 
 def test_patience_counts_epochs_without_a_gain_above_min_delta():

@@ -18,7 +18,7 @@ import alexnet
 from alexnet.io.checkpoint import load_checkpoint
 from alexnet.training.ema import ModelEma, ema_weights
 
-loop = importlib.import_module("alexnet.training.loop")
+loop = importlib.import_module("alexnet.training.run")
 
 
 def test_ema_is_the_hand_computed_average_of_weights_and_batchnorm_statistics():

@@ -12,7 +12,7 @@ from alexnet.data.augment import BatchTransform
 from alexnet.errors import UserError
 from alexnet.models.registry import get_model
 from alexnet.training.engine import Diverged, StepOptions, train_one_epoch
-from alexnet.training.evaluation import evaluate_loader as evaluate
+from alexnet.training.eval_loop import evaluate_loader as evaluate
 from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.scoring import accuracy, correct_topk
 

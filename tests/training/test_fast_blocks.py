@@ -21,12 +21,12 @@ from alexnet.io.model_file import read_model_file
 from alexnet.models.init import dirac_convs_, whiten_conv_
 from alexnet.models.registry import get_model
 from alexnet.training.config import TTA_MODES, resolve
-from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.eval_loop import evaluate_loader
 from alexnet.training.optim import LRSchedule, build_optimizer
-from alexnet.training.setup import WHITEN_IMAGES, whitening_images
+from alexnet.training.run_setup import WHITEN_IMAGES, whitening_images
 
-training_setup = importlib.import_module("alexnet.training.setup")
-loop_module = importlib.import_module("alexnet.training.loop")
+training_setup = importlib.import_module("alexnet.training.run_setup")
+loop_module = importlib.import_module("alexnet.training.run")
 TINY = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
 
 

@@ -11,7 +11,7 @@ from test_train import make_imagefolder, tiny
 
 import alexnet
 
-training_setup = importlib.import_module("alexnet.training.setup")
+training_setup = importlib.import_module("alexnet.training.run_setup")
 
 
 @pytest.fixture()

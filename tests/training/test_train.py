@@ -27,7 +27,7 @@ from alexnet.io.metrics_csv import METRIC_COLUMNS, read_metrics
 from alexnet.training.config import ConfigError
 from alexnet.training.engine import Diverged
 
-train_module = importlib.import_module("alexnet.training.loop")  # the loop calls train_one_epoch
+train_module = importlib.import_module("alexnet.training.run")  # the loop calls train_one_epoch
 CLASSES = ("checks", "horizontal", "vertical")
 TINY = dict(
     dataset="imagefolder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from alexnet.data.augment import BatchTransform
-from alexnet.errors import WeightsError
+from alexnet.errors import ConfigError, WeightsError
 from alexnet.io.model_file import ModelMeta, save_model_file
 from alexnet.models.registry import get_model
 from alexnet.training.config import resolve_config
@@ -127,7 +128,9 @@ def test_frozen_features_do_not_change_in_a_training_run(source) -> None:
 def test_freeze_without_init_and_no_transfer(source) -> None:
     torch.manual_seed(0)
     model = get_model("alexnet_cifar", num_classes=5, **TINY)
-    groups = apply_transfer(model, _cfg(backbone_lr_scale=0.1))
+    with pytest.raises(ConfigError, match="^--backbone-lr-scale applies to loaded layers only"):
+        _cfg(backbone_lr_scale=0.1)  # nothing loaded: a flag that does not apply
+    groups = apply_transfer(model, _cfg(freeze="none"))
     assert all(g["lr"] == pytest.approx(0.1) for g in groups)  # nothing loaded: one rate
     assert all(p.requires_grad for p in model.parameters())
     apply_transfer(model, _cfg(freeze="features"))
@@ -141,10 +144,11 @@ def test_init_errors_are_sentences(source, tmp_path: Path) -> None:
     other = get_model("alexnet_cifar", num_classes=5, widths=(8, 8, 16, 16, 32), hidden=32)
     with pytest.raises(WeightsError, match="conv5"):
         apply_transfer(other, _cfg(init_from=str(path)))
-    with pytest.raises(
-        WeightsError, match="^init_from imagenet needs --model alexnet"
-    ):  # no --init flag
-        apply_transfer(get_model("alexnet_cifar", **TINY), _cfg(init_from="imagenet"))
+    with pytest.raises(ConfigError, match="^--pretrained .* exist for --model alexnet only"):
+        _cfg(init_from="imagenet")  # refused before any run starts
+    with pytest.raises(WeightsError, match="^init_from imagenet needs --model alexnet"):
+        cfg = dataclasses.replace(_cfg(), init_from="imagenet")  # past the config's check
+        apply_transfer(get_model("alexnet_cifar", **TINY), cfg)
     with pytest.raises(WeightsError, match="does not exist"):
         apply_transfer(get_model("alexnet_cifar", **TINY), _cfg(init_from=str(tmp_path / "x.pt")))
 

@@ -132,7 +132,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from alexnet.models.explain import explain
+    from alexnet.models.sizes import explain
     from alexnet.models.summary import summarize
     from alexnet.models.trace import format_trace
 

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import types
+import typing
 from typing import Any
 
 import yaml
 
 from alexnet.choices import PRECISIONS
 from alexnet.errors import UserError
+from alexnet.training.options import GROUPS, HINTS, OPTIONS, Option, TrainConfig
 
 __all__ = [
     "add_device",
     "add_json",
     "add_precision",
     "add_set",
+    "add_train_flags",
     "check_positive",
     "json_object",
     "set_value",
+    "train_groups",
 ]
 
 
@@ -82,3 +88,50 @@ def check_positive(**values: int | None) -> None:
         if v is not None and v < 1:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} must be at least 1, got {v}")
+
+
+def train_groups(p) -> dict[str, Any]:
+    """The help groups of ``alexnet train`` (and ``lr-find``), in their order, on ``p``."""
+    return {title: p.add_argument_group(title, text) for title, text in GROUPS.items()}
+
+
+def add_train_flags(groups: dict[str, Any]) -> None:
+    """A flag for every TrainConfig key that declares a help group
+    (:mod:`alexnet.training.options`), added to its group in the order of the declarations."""
+    defaults = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, opt in OPTIONS.items():
+        if opt.group is not None:
+            _add_flag(groups[opt.group], key, opt, HINTS[key], defaults[key].default)
+
+
+def _add_flag(g, key: str, opt: Option, hint: Any, default: Any) -> None:
+    names = list(opt.flags) or ["--" + key.replace("_", "-")]
+    kw: dict[str, Any] = {"dest": key, "help": opt.help}
+    if opt.metavar:
+        kw["metavar"] = opt.metavar
+    base = _not_none(hint)
+    if base is bool:
+        if opt.negatable:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["action"] = "store_false" if default is True else "store_true"
+    elif typing.get_origin(base) is list:
+        kw["nargs"] = "+"
+    else:
+        kw["type"] = base
+    if opt.choices is not None:
+        kw["choices"] = [*opt.choices, *([opt.none_word] if opt.none_word else [])]
+    if opt.const_flags:  # --init FILE or --pretrained, not both
+        g = g.add_mutually_exclusive_group()
+    g.add_argument(*names, **kw)
+    for flag, const in opt.const_flags.items():
+        g.add_argument(
+            flag, dest=key, action="store_const", const=const, help=f"= {names[0]} {const}"
+        )
+
+
+def _not_none(hint: Any) -> Any:
+    """``int | None`` -> ``int``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint

@@ -15,15 +15,21 @@ import sys
 import textwrap
 from typing import Any
 
-from alexnet.cli.options import add_device, add_json, add_precision, add_set
+from alexnet.cli.options import (
+    add_device,
+    add_json,
+    add_precision,
+    add_set,
+    add_train_flags,
+    train_groups,
+)
 from alexnet.training.config import (
-    OPTIMIZERS,
-    SCHEDULERS,
     TTA_MODES,
     ConfigError,
     list_recipes,
     load_recipe,
 )
+from alexnet.training.options import OUTPUTS, SCALE_OUT, SET_ONLY, WHAT
 
 S = argparse.SUPPRESS
 
@@ -68,103 +74,14 @@ def _add_lr_find(sub) -> None:
 
 
 def _add_train_options(p) -> None:
-    """Every flag of ``alexnet train``, shared by ``alexnet lr-find``."""
-    _what_to_train_options(p)
-    _optimisation_options(p)
-    _regularisation_options(p)
-    _speed_options(p)
-    _scale_out_options(p)
-    _output_options(p)
-
-
-def _what_to_train_options(p) -> None:
-    g = p.add_argument_group("what to train")
+    """Every flag of ``alexnet train``, shared by ``alexnet lr-find``: the TrainConfig keys'
+    (declared in :mod:`alexnet.training.options`) and the few that are not config keys."""
+    groups = train_groups(p)
+    g = groups[WHAT]
     g.add_argument("--recipe", help="a bundled recipe (see `alexnet recipes`)")
     g.add_argument("--config", metavar="FILE", help="a YAML file of TrainConfig keys")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    g.add_argument("--dataset", help="digits, cifar10, fashion-mnist, flowers102, imagefolder")
-    g.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder: ROOT/train/...)")
-    g.add_argument("--download", action="store_true", help="download a public dataset")
-    g.add_argument("--model", help="variant (see `alexnet models`)")
-    g.add_argument("--image-size", type=int, help="network input size (default: native)")
-    g.add_argument("--val-fraction", type=float, help="share of train held out for validation")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images")
-
-
-def _optimisation_options(p) -> None:
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        help="per process: the global batch is this x processes (printed at the start)",
-    )
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS))
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction)
-    g.add_argument("--scheduler", choices=list(SCHEDULERS))
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--weight-decay", type=float, help="not applied to biases and norm layers")
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument(
-        "--accumulate",
-        type=int,
-        metavar="N",
-        help="sum the gradients of N batches per optimiser step (effective batch N x batch size)",
-    )
-    g.add_argument("--tta", choices=list(TTA_MODES), help="test-time augmentation")
-
-
-def _regularisation_options(p) -> None:
-    g = p.add_argument_group("regularisation, averaging, early stopping")
-    g.add_argument(
-        "--augment",
-        nargs="+",
-        metavar="OP",
-        help="the batch augmentation ops, replacing the recipe's, e.g. random_crop:4 hflip "
-        "randaugment (also randaugment:OPS,MAGNITUDE, trivialaugment, rotate:DEG, cutout:SIZE, ...)",
-    )
-    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA)")
-    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA)")
-    g.add_argument(
-        "--ema",
-        type=float,
-        metavar="DECAY",
-        help="keep a moving average of the weights (e.g. 0.999), validate it each epoch and "
-        "keep the better of it and the raw weights",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        metavar="N",
-        help="stop after N validated epochs without a better val top-1; keep the best weights",
-    )
-    g.add_argument(
-        "--min-delta",
-        type=float,
-        metavar="POINTS",
-        help="with --patience: the val top-1 gain (percentage points) that counts (default 0)",
-    )
-
-
-def _speed_options(p) -> None:
-    g = p.add_argument_group("where and how fast")
-    add_device(g, default=None, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    add_precision(g, default=None)
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels")
-    g.add_argument("--workers", type=int, help="DataLoader workers for streamed datasets")
-    g.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
-
-
-def _scale_out_options(p) -> None:
-    g = p.add_argument_group(
-        "several processes (PyTorch DDP through torchrun; see docs/scaling.md)",
-        "--lr is used as given: scale it yourself when the global batch grows.",
-    )
+    g = groups[SCALE_OUT]
     g.add_argument(
         "--nproc",
         type=int,
@@ -178,20 +95,11 @@ def _scale_out_options(p) -> None:
         metavar="HOST:PORT",
         help="rendezvous address every machine reaches, e.g. node 0's address:29400",
     )
-    g.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="SyncBatchNorm: BatchNorm statistics over the global batch (CUDA only)",
-    )
-
-
-def _output_options(p) -> None:
-    g = p.add_argument_group("outputs")
-    g.add_argument("--run-dir", help="parent folder of run folders (default runs)")
-    g.add_argument("--name", help="run folder name (default: <recipe>-<dataset>-<time>)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_train_flags(groups)
     add_set(
-        g, help="any other TrainConfig key, VALUE in YAML (e.g. --set model_kwargs='{hidden: 64}')"
+        groups[OUTPUTS],
+        help=f"any other TrainConfig key ({', '.join(SET_ONLY)}), VALUE in YAML "
+        "(e.g. --set model_kwargs='{hidden: 64}')",
     )
 
 

@@ -192,7 +192,8 @@ class BatchTransform:
     ``random_resized_crop`` picks a box of the stored image (area scale, ratio 3/4..4/3)
     and resizes it to ``out_size``. Channel adaptation: grey is repeated to 3 channels, RGB
     becomes luminance for 1. ``mean``/``std`` are per channel in [0, 1] units (1 value, the
-    input's channel count or the output's). The output is channels_last.
+    input's channel count or the output's). The output is channels_last, or plain NCHW with
+    ``channels_last=False`` (``--no-channels-last``).
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class BatchTransform:
         in_channels: int,
         out_channels: int,
         train: bool,
+        channels_last: bool = True,
     ):
         if in_channels not in (1, 3) or out_channels not in (1, 3):
             raise ConfigError(
@@ -218,6 +220,7 @@ class BatchTransform:
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.train = train
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = _per_channel(mean, in_channels, out_channels, "mean")
         self.std = _per_channel(std, in_channels, out_channels, "std")
         if any(s <= 0 for s in self.std):
@@ -247,14 +250,14 @@ class BatchTransform:
             y = self._auto_augment(y)
         if self.in_channels == 1 and self.out_channels == 3:
             y = y.expand(-1, 3, -1, -1)
-        y = y.contiguous(memory_format=torch.channels_last)  # every later op keeps this layout
+        y = y.contiguous(memory_format=self.layout)  # every later op keeps this layout
         dev = y.device
         colour = self.train and ("color_jitter" in self.by_name or "pca_lighting" in self.by_name)
         if colour:
             y = y.float() if y.dtype == torch.uint8 else y
             self._colour_(y)
         if self.in_channels == 3 and self.out_channels == 1:
-            y = _luma(y.float()).contiguous(memory_format=torch.channels_last)
+            y = _luma(y.float()).contiguous(memory_format=self.layout)
         mean = torch.tensor([m * 255 for m in self.mean], device=dev).view(1, -1, 1, 1)
         std = torch.tensor([s * 255 for s in self.std], device=dev).view(1, -1, 1, 1)
         if y.dtype == torch.uint8:

@@ -278,9 +278,11 @@ def _hold_out(name: str, raw: RawSplit, val_fraction: float, seed: int) -> tuple
     """``raw`` split into train and a stratified ``val_fraction`` for validation."""
     kept, held = stratified_split(raw.labels, val_fraction, seed)
     if len(kept) == 0 or len(held) == 0:
+        n, classes = len(raw.labels), len(torch.unique(raw.labels))
         raise DataError(
-            f"{name}: {len(raw)} training images are too few to hold out "
-            f"{val_fraction:.0%} for validation"
+            f"{name}: {n} training images ({classes} classes) are too few to hold out "
+            f"{val_fraction:.0%} for validation and train on the rest; add images, lower "
+            "--val-fraction, or give the dataset its own val split (ROOT/val/<class>/...)"
         )
     return _split_from_raw(raw, kept), _split_from_raw(raw, held)
 

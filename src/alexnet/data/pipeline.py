@@ -133,6 +133,7 @@ def build_pipeline(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
+    channels_last: bool = True,
     **load_options: Any,
 ) -> Pipeline:
     """Load ``dataset`` and build its transforms and loaders.
@@ -146,7 +147,7 @@ def build_pipeline(
     ``ten-crop`` makes the evaluation frames larger than ``image_size``
     (:func:`ten_crop_source`). ``drop_last`` None drops only a last training batch of one
     image, which would break BatchNorm's batch statistics. ``eval_batch_size`` None:
-    ``batch_size``.
+    ``batch_size``. ``channels_last`` False: the transforms give NCHW batches.
     """
     bundle = load_data(dataset, seed=seed, **load_options)
     in_ch = int(in_channels if in_channels is not None else bundle.in_channels)
@@ -155,7 +156,11 @@ def build_pipeline(
     train_tf = eval_tf = None
     if image_size is not None:
         tf = dict(
-            mean=mean_values, std=std_values, in_channels=bundle.in_channels, out_channels=in_ch
+            mean=mean_values,
+            std=std_values,
+            in_channels=bundle.in_channels,
+            out_channels=in_ch,
+            channels_last=channels_last,
         )
         if augment is not None:
             train_tf = BatchTransform(augment, out_size=image_size, train=True, **tf)

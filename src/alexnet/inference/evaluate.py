@@ -1,5 +1,5 @@
 """Evaluating a saved model: ``evaluate_model_file(path, ...)``, what ``alexnet eval`` and
-``alexnet.evaluate`` call. The loop over batches is :func:`alexnet.training.evaluation.evaluate_loader`."""
+``alexnet.evaluate`` call. The loop over batches is :func:`alexnet.training.eval_loop.evaluate_loader`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from alexnet.io.model_file import class_labels
 from alexnet.progress import bar as progress_bar
 from alexnet.runtime import pick_device, resolve_precision
 from alexnet.training.config import TTA_MODES, TrainConfig
-from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.eval_loop import evaluate_loader
 from alexnet.training.scoring import most_confused
 from alexnet.viz.figures import as_seen, save_worst, split_images
 from alexnet.viz.plots import plot_confusion

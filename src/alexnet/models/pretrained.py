@@ -78,8 +78,9 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     except Exception as e:  # URLError, HTTPError, hash mismatch, disk full, ...
         raise WeightsError(
             f"ImageNet weights for alexnet are not in the torch hub cache and could not be "
-            f"downloaded ({first_line(e, 80)}): missing file {cached.name}; download {url} "
-            f"and put it at {cached}"
+            f"downloaded ({first_line(e, 80)}): missing file {cached.name}; on a machine with "
+            f"internet run `curl -L --create-dirs -o {cached} {url}` (or download {url} "
+            f"and put it at {cached})"
         ) from None
     return strip_prefixes(state)
 

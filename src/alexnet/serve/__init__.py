@@ -3,7 +3,7 @@
 The modules, one concern each: :mod:`~alexnet.serve.model` (the served model: loaded by the
 toolkit's loaders, put on the fast path, warmed up), :mod:`~alexnet.serve.uploads` (request
 bodies to image tensors, in memory, with every limit), :mod:`~alexnet.serve.batcher` (the
-micro-batching queue and its forward thread), :mod:`~alexnet.serve.explain` (the Grad-CAM
+micro-batching queue and its forward thread), :mod:`~alexnet.serve.gradcam` (the Grad-CAM
 overlay), :mod:`~alexnet.serve.metrics` (Prometheus), :mod:`~alexnet.serve.page` (the page at
 ``/``), :mod:`~alexnet.serve.app` (the FastAPI routes), :mod:`~alexnet.serve.schema` (the
 answers and error answers the OpenAPI schema describes), :mod:`~alexnet.serve.guard` (the

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alexnet.errors import UserError
 from alexnet.serve.batcher import Batcher, QueueFull
 from alexnet.serve.errors import ApiError
-from alexnet.serve.explain import explain_png
+from alexnet.serve.gradcam import explain_png
 from alexnet.serve.metrics import ServerMetrics
 from alexnet.serve.model import ServedModel
 from alexnet.serve.page import page_html

@@ -1,6 +1,6 @@
 """The Python API of training: ``train(recipe=..., **overrides)``, what ``alexnet train`` calls.
 
-Accuracies are percentages. The run itself is :func:`alexnet.training.loop.run`.
+Accuracies are percentages. The run itself is :func:`alexnet.training.run.run`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 from alexnet.errors import ConfigError
 from alexnet.training.config import resolve
 from alexnet.training.finish import RunResult
-from alexnet.training.loop import run
 from alexnet.training.lr_find import LRFindResult, find_lr, refuse_unused
 from alexnet.training.resume import resumed_config
-from alexnet.training.setup import batch_to_fit
+from alexnet.training.run import run
+from alexnet.training.run_setup import batch_to_fit
 
 # RunResult is defined with the end of the run that builds it (finish.py imports nothing of
 # this module: api -> loop -> finish runs one way).

@@ -18,8 +18,20 @@ from typing import Any
 
 import yaml
 
-from alexnet.choices import INIT_SCHEMES, PRECISIONS
+from alexnet.choices import PUBLISHED_WEIGHTS
 from alexnet.errors import ConfigError
+from alexnet.training.options import (
+    FIELD_NAMES,
+    HINTS,
+    OPTIMIZERS,
+    OPTIONS,
+    PRECISIONS,
+    SCHEDULERS,
+    SHOWN,
+    TTA_MODES,
+    TrainConfig,
+    check_options,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -34,84 +46,6 @@ __all__ = [
     "resolve",
     "resolve_config",
 ]
-
-# The names a key takes, said once: the checks below, the engine and the CLI's choices.
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("none", "step", "plateau", "cosine", "onecycle")
-TTA_MODES = ("none", "flip", "ten-crop", "mirror-translate")
-
-
-@dataclass
-class TrainConfig:
-    # --- what to train on what
-    model: str = "alexnet_cifar"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {grouped: false}
-    dataset: str = "digits"
-    data: str | None = None  # dataset root folder
-    download: bool = False
-    train_split: str = "train"  # flowers102-tutorial trains on "test"
-    val_split: str = "val"  # "val" = held out of train by val_fraction (or the set's own)
-    val_fraction: float = 0.1
-    image_size: int | None = None  # network input; None = the model's native size
-    load_size: int | None = None  # stored size before augmentation; None = automatic
-    mean: str | list[float] = "dataset"  # "dataset", "imagenet", or explicit per channel
-    std: str | list[float] = "dataset"
-    augment: list[str] = field(default_factory=lambda: ["random_crop:4", "hflip"])
-    skip_bad_images: bool = False
-    # --- model details
-    dropout: float | None = None  # None = the variant's default
-    init: str = "default"  # default | xavier | paper
-    whiten: bool = False  # alexnet_cifar: conv1 = whitening filters of training patches, frozen
-    dirac: bool = False  # convs after the first start as identities on their first channels
-    # --- optimisation
-    epochs: int = 10
-    batch_size: int = 128  # per process
-    lr: float = 0.05
-    optimizer: str = "sgd"  # sgd | adamw
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    norm_lr_scale: float = 1.0  # BatchNorm parameters' lr multiplier (no weight decay on them)
-    label_smoothing: float = 0.0
-    scheduler: str = "onecycle"  # none | step | plateau | cosine | onecycle
-    step_size: int = 30  # step: epochs between decays
-    gamma: float = 0.1  # step / plateau: decay factor
-    plateau_patience: int = 5
-    warmup_epochs: float = 0.0
-    grad_clip: float | None = None
-    accumulate: int = 1  # micro-batches of batch_size per optimiser step
-    # --- regularisation, averaging, stopping
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off (both: one or the other per batch)
-    ema: float | None = None  # decay of the weights' exponential moving average; None = off
-    patience: int | None = None  # early stopping: validated epochs without improvement
-    min_delta: float = 0.0  # early stopping: the val top-1 gain (points) that counts
-    # --- evaluation
-    tta: str = "none"  # none | flip | ten-crop | mirror-translate
-    eval_every: int = 1
-    # --- where and how fast
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool | None = None  # None = on for conv nets where it helps
-    compile: bool = False
-    threads: int | None = None
-    workers: int = 2
-    seed: int = 0
-    deterministic: bool = False
-    sync_bn: bool = False  # distributed: SyncBatchNorm over the global batch (CUDA only)
-    # --- outputs
-    run_dir: str = "runs"
-    name: str | None = None  # run folder name; None = <recipe or model>-<dataset>-<time>
-    tensorboard: bool = True
-    plots: bool = True
-    progress: bool = True
-    # --- transfer learning
-    init_from: str | None = None  # a weights file or "imagenet"
-    freeze: str | None = None  # None | features
-    unfreeze_after: int | None = None
-    backbone_lr_scale: float = 1.0
-    # --- bookkeeping
-    recipe: str | None = None
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -151,8 +85,7 @@ def _type_name(hint: Any) -> str:
     return names.get(hint, "null" if hint is type(None) else str(hint))
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
-FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+_HINTS = HINTS
 _DEFAULTS = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
 
 
@@ -174,56 +107,33 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
                 f"{where}: {key!r} must be {_type_name(_HINTS[key])}, got {value!r} "
                 f"({type(value).__name__})"
             )
-        if _HINTS[key] is float and isinstance(value, int):
+        if value is not None and value == OPTIONS[key].none_word:  # freeze: none
+            value = None
+        elif _HINTS[key] is float and isinstance(value, int):
             value = float(value)
         clean[key] = value
     return clean
 
 
 def _validate(cfg: TrainConfig) -> None:
+    """Each option's own check (its declaration), then the checks between options."""
+    refused = check_options(cfg)
+    if refused is not None:
+        key, why = refused
+        raise ConfigError(f"{key} {why}, got {getattr(cfg, key)!r}")
     checks = [
-        (cfg.epochs >= 1, "epochs", "must be at least 1"),
-        (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
-        (cfg.lr > 0, "lr", "must be positive"),
-        (0.0 <= cfg.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
-        (0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"),
-        (cfg.weight_decay >= 0, "weight_decay", "must be >= 0"),
-        (cfg.workers >= 0, "workers", "must be >= 0"),
-        (cfg.image_size is None or cfg.image_size >= 1, "image_size", "must be positive"),
-        (cfg.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
-        (cfg.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}"),
-        (cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
-        (cfg.tta in TTA_MODES, "tta", f"must be one of {', '.join(TTA_MODES)}"),
-        (cfg.init in INIT_SCHEMES, "init", f"must be one of {', '.join(INIT_SCHEMES)}"),
-        (cfg.freeze in (None, "features"), "freeze", "must be features (or unset)"),
-        (cfg.eval_every >= 1, "eval_every", "must be at least 1"),
-        (cfg.step_size >= 1, "step_size", "must be at least 1"),
-        (0.0 < cfg.gamma <= 1.0, "gamma", "must be in (0, 1]"),
-        (cfg.plateau_patience >= 0, "plateau_patience", "must be >= 0"),
         (
             0.0 <= cfg.warmup_epochs <= cfg.epochs,
             "warmup_epochs",
             f"must be in [0, epochs] (epochs {cfg.epochs}: e.g. --set "
             f"warmup_epochs={0.2 * cfg.epochs:g})",
         ),
-        (cfg.momentum >= 0, "momentum", "must be >= 0"),
         (not (cfg.nesterov and cfg.momentum <= 0), "nesterov", "needs a positive momentum"),
-        (cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)"),
-        (cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1"),
-        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be positive"),
-        (cfg.accumulate >= 1, "accumulate", "must be at least 1"),
-        (cfg.mixup >= 0, "mixup", "must be >= 0 (0 turns it off)"),
-        (cfg.cutmix >= 0, "cutmix", "must be >= 0 (0 turns it off)"),
-        (cfg.ema is None or 0.0 < cfg.ema < 1.0, "ema", "must be in (0, 1), e.g. 0.999"),
-        (cfg.patience is None or cfg.patience >= 1, "patience", "must be at least 1"),
-        (cfg.min_delta >= 0, "min_delta", "must be >= 0"),
-        (cfg.norm_lr_scale > 0, "norm_lr_scale", "must be positive (1 = the same lr as the rest)"),
         (
             cfg.min_delta == 0 or cfg.patience is not None,
             "min_delta",
             "applies to early stopping only: add --patience N or drop it",
         ),
-        (cfg.load_size is None or cfg.load_size >= 1, "load_size", "must be positive"),
         (_stats_ok(cfg.mean, False), "mean", "must be dataset, imagenet or a list of numbers"),
         (_stats_ok(cfg.std, True), "std", "must be dataset, imagenet or a list of numbers > 0"),
         (
@@ -235,7 +145,35 @@ def _validate(cfg: TrainConfig) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key} {why}, got {getattr(cfg, key)!r}")
+    _validate_transfer(cfg)
     _validate_fast_blocks(cfg)
+
+
+def _validate_transfer(cfg: TrainConfig) -> None:
+    """--pretrained (init_from imagenet): the published weights are alexnet's."""
+    if cfg.init_from is not None and _is_published(cfg.init_from) and cfg.model != "alexnet":
+        raise ConfigError(
+            f"--pretrained (init_from imagenet) loads torchvision's ImageNet weights, which "
+            f"exist for --model alexnet only, not {cfg.model}; add --model alexnet or use "
+            "--init FILE (a model file or checkpoint of yours)"
+        )
+
+
+def _pretrained_model(values: dict, sources: dict, flags: dict) -> list[str]:
+    """``--pretrained`` (``--init imagenet``) without ``--model``: the model whose weights
+    are published (alexnet) replaces the recipe's or the default one."""
+    if not _is_published(flags.get("init_from", values.get("init_from")) or ""):
+        return []
+    chosen = _get(values, "model")
+    by_user = "model" in flags or not sources.get("model", "recipe").startswith("recipe")
+    if chosen == "alexnet" or by_user:
+        return []
+    flags["model"] = "alexnet"
+    return [f"--pretrained: model alexnet (torchvision's ImageNet weights) instead of {chosen}"]
+
+
+def _is_published(init_from: str) -> bool:
+    return init_from.lower() in PUBLISHED_WEIGHTS
 
 
 def _validate_fast_blocks(cfg: TrainConfig) -> None:
@@ -361,9 +299,14 @@ def resolve(
             raise ConfigError(_no_root_message(values["dataset"]))
         flags["dataset"] = "imagefolder"  # --data alone: a folder of images
         notes.append("--data without --dataset: the folder is read as an image folder")
+    notes += _pretrained_model(values, sources, flags)
     _layer(values, sources, flags, "flag")
     if recipe is not None:
         notes += _drop_foreign(values, sources, recipe_values, recipe)
+    if _is_published(_get(values, "init_from") or ""):  # the statistics the weights learnt
+        for key in ("mean", "std"):
+            if key not in values:
+                values[key], sources[key] = "imagenet", "--pretrained"
     _refuse_unused_flags(values, flags)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
@@ -494,19 +437,16 @@ def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
             get("freeze") is not None or flags.get("unfreeze_after") is None,
             "--unfreeze-after needs frozen layers (--freeze features); drop it or add --freeze",
         ),
+        (
+            "backbone_lr_scale",
+            get("init_from") is not None or flags.get("backbone_lr_scale") == 1.0,
+            "--backbone-lr-scale applies to loaded layers only (--init FILE or --pretrained); "
+            "drop it or add one",
+        ),
     ]
     for key, applies, message in rules:
         if key in flags and not applies:
             raise ConfigError(message)
-
-
-# The settings the start of a run shows, in this order.
-SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "batch_size", "lr", "optimizer",
-         "scheduler", "augment", "precision", "threads", "init_from", "accumulate", "mixup",
-         "cutmix", "ema", "patience", "min_delta", "whiten", "dirac", "norm_lr_scale")  # fmt: skip
-# ...of which these only when they are on (not at their default)
-SHOWN_WHEN_ON = ("accumulate", "mixup", "cutmix", "ema", "patience", "min_delta", "whiten", "dirac",
-                 "norm_lr_scale")  # fmt: skip
 
 
 def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
@@ -515,10 +455,10 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
     cfg, sources = resolved.config, resolved.sources
     groups: dict[str, list[str]] = {}
     for key in SHOWN:
-        value = getattr(cfg, key)
-        if value in (None, {}) and key in ("model_kwargs", "data", "init_from", "threads"):
+        value, show = getattr(cfg, key), OPTIONS[key].show
+        if show == "set" and value in (None, {}):
             continue
-        if key in SHOWN_WHEN_ON and value == _DEFAULTS[key]:
+        if show == "on" and value == _DEFAULTS[key]:
             continue
         if isinstance(value, list):
             value = " ".join(map(str, value)) or "none"

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from alexnet.data.mixing import soft_correct
 from alexnet.errors import UserError
 from alexnet.runtime import autocast
 from alexnet.training.optim import LRSchedule
+from alexnet.training.options import OPTIONS, TrainConfig
 from alexnet.training.processes import SINGLE, Dist
 
 __all__ = ["Diverged", "StepOptions", "train_one_epoch"]
@@ -71,6 +72,15 @@ class StepOptions:
     ema: Any | None = None  # alexnet.training.ema.ModelEma, updated after each optimiser step
     # called with (step, detached loss) after each optimiser step (the lr finder records it)
     on_step: Callable[[int, torch.Tensor], None] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, **live: Any) -> StepOptions:
+        """The options of a run: each field named like a TrainConfig key (``grad_clip``,
+        ``accumulate``, ``channels_last``) from ``cfg``, the rest (and any override) from
+        ``live``. A new step option declared in training/options.py under the name of a field
+        here reaches the step with no other change."""
+        shared = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name in OPTIONS}
+        return cls(**{**shared, **live})
 
 
 class _Totals:

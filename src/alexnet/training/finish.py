@@ -22,8 +22,8 @@ from alexnet.training.console import say
 from alexnet.training.ema import ema_weights
 from alexnet.training.engine import Diverged
 from alexnet.training.run_folder import RunFolder, record_top1, write_json
+from alexnet.training.run_setup import TrainingSetup
 from alexnet.training.scoring import most_confused
-from alexnet.training.setup import TrainingSetup
 from alexnet.viz import plots  # by module: tests replace its functions
 from alexnet.viz.figures import as_seen, split_images
 from alexnet.viz.report import write_report as write_report_html

@@ -34,7 +34,7 @@ from alexnet.training.console import say
 from alexnet.training.distributed import session
 from alexnet.training.engine import Diverged, train_one_epoch
 from alexnet.training.processes import SINGLE
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 from alexnet.viz import plots
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 
 from alexnet.runtime import device_name, precision_name
 from alexnet.training.config import TrainConfig
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 from alexnet.version import __version__
 
 __all__ = ["command_line", "git_commit", "now", "provenance"]

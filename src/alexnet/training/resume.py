@@ -28,27 +28,12 @@ from alexnet.training.config import (
     config_to_dict,
 )
 from alexnet.training.console import say
+from alexnet.training.options import RESUME_MAY_CHANGE
 from alexnet.training.provenance import command_line, now
 from alexnet.training.run_folder import RunFolder
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 
 __all__ = ["RESUME_MAY_CHANGE", "START", "is_finished", "resume_state", "resumed_config"]
-
-# Settings that say where and how fast to run, not what to compute: a resumed run may change them.
-RESUME_MAY_CHANGE = {
-    "epochs",
-    "device",
-    "workers",
-    "threads",
-    "progress",
-    "tensorboard",
-    "plots",
-    "compile",
-    "data",
-    "download",
-    "eval_every",
-    "sync_bn",
-}
 
 # Where a new run starts: epoch 0 done, step 0 of the next, no running sums, fresh RNG.
 START = {"epoch": 0, "step": 0, "totals": None, "rng": None}

@@ -23,7 +23,7 @@ from alexnet.io.checkpoint import capture_rng, save_checkpoint
 from alexnet.io.metrics_csv import write_metrics
 from alexnet.training.config import TrainConfig, config_to_dict
 from alexnet.training.provenance import provenance
-from alexnet.training.setup import TrainingSetup
+from alexnet.training.run_setup import TrainingSetup
 from alexnet.viz import plots  # by module: a test replaces plots.plot_curves
 
 __all__ = ["PLOT_EVERY_S", "RunFolder", "record_top1", "write_json", "write_yaml"]

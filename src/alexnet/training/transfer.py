@@ -1,14 +1,14 @@
 """Transfer learning: start from trained weights, new head, frozen or slower backbone.
 
-:func:`apply_transfer` is what ``alexnet train --set init_from=FILE|imagenet --set
-freeze=features`` (or the ``transfer-flowers102`` recipe) does to the freshly built model
+:func:`apply_transfer` is what ``alexnet train --init FILE`` (or ``--pretrained``)
+``--freeze features`` (or the ``transfer-flowers102`` recipe) does to the freshly built model
 before the optimiser is made:
 
 1. loads every layer but the classifier's last one (``layer_names["logits"]``) from the
    init weights, so the model keeps its new head sized for the dataset's classes;
 2. with ``freeze == "features"``, stops gradients in the convolutional part (conv1..conv5
-   and their BatchNorms) and keeps those BatchNorms in eval mode, so neither weights nor
-   running statistics change;
+   and their BatchNorms; ``"all-but-head"``: every layer but the last) and keeps those
+   BatchNorms in eval mode, so neither weights nor running statistics change;
 3. returns optimiser parameter groups: the pretrained layers at ``lr * backbone_lr_scale``
    and the new head at ``lr``.
 
@@ -24,15 +24,17 @@ from typing import Any
 
 from torch import nn
 
+from alexnet.choices import PUBLISHED_WEIGHTS
 from alexnet.errors import WeightsError
 from alexnet.models.loading import load_weights
 from alexnet.models.pretrained import apply_named_weights
-from alexnet.training.config import TrainConfig
+from alexnet.training.options import FREEZE_MODES, TrainConfig
 
 __all__ = [
     "apply_transfer",
     "feature_modules",
     "freeze_features",
+    "frozen_modules",
     "head_parameter_names",
     "is_frozen",
     "load_init_weights",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 _HOOKS_ATTR = "_alexnet_frozen_bn_hooks"
+_MODE_ATTR = "_alexnet_frozen_mode"
 
 
 def _logits_prefix(model: nn.Module) -> str:
@@ -58,7 +61,7 @@ def load_init_weights(model: nn.Module, init_from: str) -> nn.Module:
     A shape mismatch anywhere else (another variant, other input channels) is a
     :class:`WeightsError` naming the first layer that does not fit.
     """
-    if init_from.lower() in ("imagenet", "imagenet1k_v1", "default"):
+    if init_from.lower() in PUBLISHED_WEIGHTS:
         variant = getattr(model, "variant", "")
         if variant != "alexnet":
             raise WeightsError(
@@ -92,8 +95,23 @@ def feature_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     raise ValueError(f"{type(model).__name__} has no module {stop!r} (its pool5)")
 
 
-def _feature_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    for _, module in feature_modules(model):
+def frozen_modules(model: nn.Module, mode: str = "features") -> list[tuple[str, nn.Module]]:
+    """What ``freeze`` ``mode`` stops: ``features`` (conv1..pool5, :func:`feature_modules`) or
+    ``all-but-head`` (every module but the last layer)."""
+    if mode == "features":
+        return feature_modules(model)
+    if mode != "all-but-head":
+        raise ValueError(f"unknown freeze {mode!r}; use {', '.join(FREEZE_MODES)}")
+    head = model.layer_names["logits"]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and n != head and not n.startswith(head + ".") and not head.startswith(n + ".")
+    ]
+
+
+def _frozen_parameters(model: nn.Module, mode: str) -> Iterator[nn.Parameter]:
+    for _, module in frozen_modules(model, mode):
         yield from module.parameters(recurse=False)
 
 
@@ -103,21 +121,23 @@ def _keep_eval(module: nn.Module, _inputs: Any) -> None:
     module.training = False
 
 
-def freeze_features(model: nn.Module) -> int:
-    """Freeze conv1..conv5 (weights and BatchNorm statistics); returns the number of
-    parameters frozen. Call before wrapping the model in DDP or ``torch.compile``."""
+def freeze_features(model: nn.Module, mode: str = "features") -> int:
+    """Freeze conv1..conv5 (or with ``mode="all-but-head"`` every layer but the last):
+    weights and BatchNorm statistics; returns the number of parameters frozen. Call before
+    wrapping the model in DDP or ``torch.compile``."""
     if getattr(model, _HOOKS_ATTR, None):
-        return sum(p.numel() for p in _feature_parameters(model) if not p.requires_grad)
+        return sum(p.numel() for p in model.parameters() if not p.requires_grad)
     frozen = 0
-    for p in _feature_parameters(model):
+    for p in _frozen_parameters(model, mode):
         p.requires_grad_(False)
         frozen += p.numel()
     hooks = []
-    for _, module in feature_modules(model):
+    for _, module in frozen_modules(model, mode):
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
             hooks.append(module.register_forward_pre_hook(_keep_eval))
     setattr(model, _HOOKS_ATTR, hooks)
+    setattr(model, _MODE_ATTR, mode)
     return frozen
 
 
@@ -125,15 +145,16 @@ def unfreeze(model: nn.Module) -> int:
     """Undo :func:`freeze_features`: gradients flow again and BatchNorms follow
     ``model.train()`` from the next call on. Returns the number of parameters unfrozen.
     Under DDP, wrap the model again afterwards (DDP only syncs what required grad)."""
+    mode = getattr(model, _MODE_ATTR, "features")
     for h in getattr(model, _HOOKS_ATTR, None) or []:
         h.remove()
     setattr(model, _HOOKS_ATTR, [])
     n = 0
-    for p in _feature_parameters(model):
+    for p in _frozen_parameters(model, mode):
         if not p.requires_grad:
             p.requires_grad_(True)
             n += p.numel()
-    for _, module in feature_modules(model):
+    for _, module in frozen_modules(model, mode):
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train(model.training)
     return n
@@ -157,10 +178,8 @@ def apply_transfer(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """
     if cfg.init_from:
         load_init_weights(model, cfg.init_from)
-    if cfg.freeze == "features":
-        freeze_features(model)
-    elif cfg.freeze is not None:
-        raise ValueError(f"unknown freeze {cfg.freeze!r}; use features")
+    if cfg.freeze is not None:
+        freeze_features(model, cfg.freeze)
     head = set(head_parameter_names(model))
     backbone_scale = float(cfg.backbone_lr_scale) if cfg.init_from else 1.0
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}

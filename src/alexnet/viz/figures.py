@@ -406,7 +406,7 @@ def worst_figure(
     predicted class, the predicted class's probability and the loss (wrong ones in red).
 
     ``images`` uint8 (K, C, H, W) as the model saw them (:func:`as_seen`); ``worst`` the
-    lists of :func:`alexnet.training.evaluation.worst_of`. 170 x 210 pixels per image.
+    lists of :func:`alexnet.training.eval_loop.worst_of`. 170 x 210 pixels per image.
     """
     k = images.shape[0]
     if k == 0:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet.choices import PUBLISHED_WEIGHTS
 from alexnet.data.mixing import BatchMixing
 from alexnet.data.pipeline import build_pipeline, train_batches
 from alexnet.errors import ConfigError
@@ -36,7 +37,7 @@ from alexnet.training.config import ResolvedConfig, TrainConfig
 from alexnet.training.early_stop import EarlyStopping
 from alexnet.training.ema import ModelEma
 from alexnet.training.engine import StepOptions
-from alexnet.training.evaluation import evaluate_loader
+from alexnet.training.eval_loop import evaluate_loader
 from alexnet.training.optim import LRSchedule, build_optimizer
 from alexnet.training.transfer import apply_transfer
 
@@ -194,10 +195,14 @@ class TrainingSetup:
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         # float16 needs loss scaling; bfloat16 has float32's range and does not
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        # the layout of batches and model: NCHW end to end with --no-channels-last
+        cl = cfg.channels_last
+        self.channels_last = cl if cl is not None else self.device.type != "mps"
 
     def _build_data(self) -> None:
         """uint8 images, augmented a batch at a time on the device."""
         cfg, dist = self.cfg, self.dist
+        published = (cfg.init_from or "").lower() in PUBLISHED_WEIGHTS
         with dist.main_first():  # one process per machine downloads and caches, then the rest
             data = recorded_data(cfg)
             self.pipeline = build_pipeline(
@@ -207,7 +212,8 @@ class TrainingSetup:
                 image_size=self.image_size,
                 mean=cfg.mean,
                 std=cfg.std,
-                in_channels=cfg.model_kwargs.get("in_channels"),
+                # published weights take RGB: grey images are repeated to 3 channels
+                in_channels=cfg.model_kwargs.get("in_channels", 3 if published else None),
                 augment=cfg.augment,
                 tta=cfg.tta,
                 batch_size=cfg.batch_size,
@@ -216,6 +222,7 @@ class TrainingSetup:
                 rank=dist.rank,
                 world_size=dist.world_size,
                 workers=cfg.workers,
+                channels_last=self.channels_last,
             )
         pipe = self.pipeline
         self.data, self.classes = pipe.bundle, pipe.classes
@@ -274,8 +281,6 @@ class TrainingSetup:
             whiten_conv_(conv1, whitening_images(self.pipeline, cfg.seed))
             conv1.weight.requires_grad_(False)  # whitening stays as computed (airbench's)
         self.model = model.to(self.device)
-        cl = cfg.channels_last
-        self.channels_last = cl if cl is not None else self.device.type != "mps"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.meta = _model_meta(cfg, self.classes, in_ch, self.image_size, self.pipeline)
@@ -325,18 +330,17 @@ class TrainingSetup:
     @property
     def step_options(self) -> StepOptions:
         """How each training step runs (read per epoch: the schedule and scaler are live)."""
-        return StepOptions(
+        return StepOptions.from_config(  # grad_clip, accumulate: the config's own
+            self.cfg,
             transform=self.train_tf,
             criterion=self.criterion,
             device=self.device,
             amp_dtype=self.amp_dtype,
             scaler=self.scaler,
             schedule=self.schedule,
-            channels_last=self.channels_last,
-            grad_clip=self.cfg.grad_clip,
+            channels_last=self.channels_last,  # resolved: None = on except on mps
             dist=self.dist,
             mix=self.mix,
-            accumulate=self.cfg.accumulate,
             ema=self.ema,
         )
 

@@ -39,7 +39,7 @@ from alexnet.training.finish import REPORT_WORST, RunResult, finish
 from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
 from alexnet.training.run_folder import RunFolder, record_top1, write_yaml
-from alexnet.training.setup import TrainingSetup, batch_to_fit
+from alexnet.training.run_setup import TrainingSetup, batch_to_fit
 from alexnet.training.transfer import is_frozen, unfreeze
 
 __all__ = ["run"]

@@ -72,7 +72,9 @@ def is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    # a damaged zip can fail in many ways (a name that is not UTF-8 is a ValueError); any of
+    # them means "not a TorchScript file", and the loader then says what is wrong with it
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 

@@ -28,6 +28,7 @@ from alexnet.training.config import (
     load_recipe,
 )
 from alexnet.training.distributed import ENV_LAUNCHER, launch
+from alexnet.training.time_budget import parse_duration, process_start
 
 S = argparse.SUPPRESS
 
@@ -71,6 +72,13 @@ def _add_lr_find(sub) -> None:
     p.set_defaults(func=_lr_find)
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_train_options(p) -> None:
     """Every flag of ``alexnet train``, shared by ``alexnet lr-find``."""
     _what_to_train_options(p)
@@ -98,6 +106,14 @@ def _what_to_train_options(p) -> None:
 def _optimisation_options(p) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
+    g.add_argument(
+        "--time",
+        dest="time_budget",
+        type=_duration,
+        metavar="DURATION",
+        help="size the run in wall-clock time instead of epochs (90s, 10m, 1h or seconds): "
+        "the whole command, data and final evaluation included, ends within it",
+    )
     g.add_argument(
         "--batch-size",
         type=int,
@@ -211,7 +227,14 @@ def _train(args: argparse.Namespace) -> int:
     overrides.update(given)
     if resume is not None and (recipe is not None or config is not None):
         raise ConfigError("--resume continues a run with its own config; drop --recipe/--config")
-    train(recipe, config, resume=resume, argv=["alexnet", *sys.argv[1:]], **overrides)
+    train(
+        recipe,
+        config,
+        resume=resume,
+        argv=["alexnet", *sys.argv[1:]],
+        started=process_start(),  # a time budget counts from the command's start
+        **overrides,
+    )
     return 0
 
 

@@ -68,6 +68,9 @@ class TrainConfig:
     dirac: bool = False  # convs after the first start as identities on their first channels
     # --- optimisation
     epochs: int = 10
+    # seconds the whole command may take (data, validations, final evaluation, files
+    # included): the planned steps replace `epochs`; None = train `epochs` epochs
+    time_budget: float | None = None
     batch_size: int = 128  # per process
     lr: float = 0.05
     optimizer: str = "sgd"  # sgd | adamw
@@ -186,6 +189,11 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
 def _validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.epochs >= 1, "epochs", "must be at least 1"),
+        (
+            cfg.time_budget is None or cfg.time_budget > 0,
+            "time_budget",
+            "must be positive seconds, e.g. 600 (--time 10m)",
+        ),
         (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
         (cfg.lr > 0, "lr", "must be positive"),
         (0.0 <= cfg.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
@@ -368,6 +376,7 @@ def resolve(
     if recipe is not None:
         notes += _drop_foreign(values, sources, recipe_values, recipe)
     _refuse_unused_flags(values, flags)
+    notes += _budget_or_epochs(values, sources)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
         values["lr"] = model_info(model).default_lr
@@ -438,6 +447,21 @@ def _drop_foreign(values: dict, sources: dict, recipe_values: dict, recipe: str)
     return notes
 
 
+def _budget_or_epochs(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    """A run is sized in time or in epochs: the user's time budget replaces a recipe's
+    epochs, the user's epochs a recipe's time budget; both from the user is an error."""
+    if values.get("time_budget") is None or "epochs" not in values:
+        return []
+    budget_from, epochs_from = sources["time_budget"], sources["epochs"]
+    if not budget_from.startswith("recipe") and not epochs_from.startswith("recipe"):
+        raise ConfigError("--time sizes the run in time and --epochs in epochs; give one of them")
+    if epochs_from.startswith("recipe"):
+        del values["epochs"], sources["epochs"]
+        return []  # the recipe's epochs make way for the user's budget (nothing to say)
+    del values["time_budget"], sources["time_budget"]
+    return [f"epochs {values['epochs']} replace the {budget_from} time budget"]
+
+
 # A flag that only some settings use: (flag, applies when, why not)
 def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
     def get(key: str) -> Any:
@@ -500,11 +524,11 @@ def _refuse_unused_flags(values: dict[str, Any], flags: dict[str, Any]) -> None:
 
 
 # The settings the start of a run shows, in this order.
-SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "batch_size", "lr", "optimizer",
+SHOWN = ("model", "model_kwargs", "dataset", "data", "image_size", "epochs", "time_budget", "batch_size", "lr", "optimizer",
          "scheduler", "augment", "precision", "threads", "init_from", "accumulate", "mixup",
          "cutmix", "ema", "patience", "min_delta", "whiten", "dirac", "norm_lr_scale")  # fmt: skip
 # ...of which these only when they are on (not at their default)
-SHOWN_WHEN_ON = ("accumulate", "mixup", "cutmix", "ema", "patience", "min_delta", "whiten", "dirac",
+SHOWN_WHEN_ON = ("time_budget", "accumulate", "mixup", "cutmix", "ema", "patience", "min_delta", "whiten", "dirac",
                  "norm_lr_scale")  # fmt: skip
 
 
@@ -519,6 +543,10 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
             continue
         if key in SHOWN_WHEN_ON and value == _DEFAULTS[key]:
             continue
+        if key == "epochs" and cfg.time_budget is not None:
+            continue  # the budget's plan sets them
+        if key == "time_budget":
+            value = f"{value:g} s (epochs as planned)"
         if isinstance(value, list):
             value = " ".join(map(str, value)) or "none"
         where = sources.get(key, "default")

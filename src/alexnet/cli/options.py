@@ -10,6 +10,7 @@ import yaml
 
 from alexnet.errors import UserError
 from alexnet.runtime import PRECISIONS
+from alexnet.training.time_budget import parse_duration
 
 __all__ = [
     "add_device",
@@ -17,6 +18,7 @@ __all__ = [
     "add_precision",
     "add_set",
     "check_positive",
+    "duration",
     "json_object",
     "set_value",
 ]
@@ -38,6 +40,14 @@ def set_value(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key, value
+
+
+def duration(text: str) -> float:
+    """A ``--time`` flag: ``90s``, ``10m``, ``1h`` or seconds -> seconds."""
+    try:
+        return parse_duration(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def json_object(text: str) -> dict:

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli.options import add_device, add_json, add_precision, add_set
+from alexnet.cli.options import add_device, add_json, add_precision, add_set, duration
 from alexnet.inference.evaluate import evaluate_model_file as evaluate
 from alexnet.training.api import lr_find, train
 from alexnet.training.config import (
@@ -28,7 +28,7 @@ from alexnet.training.config import (
     load_recipe,
 )
 from alexnet.training.distributed import ENV_LAUNCHER, launch
-from alexnet.training.time_budget import parse_duration, process_start
+from alexnet.training.time_budget import process_start
 
 S = argparse.SUPPRESS
 
@@ -72,13 +72,6 @@ def _add_lr_find(sub) -> None:
     p.set_defaults(func=_lr_find)
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _add_train_options(p) -> None:
     """Every flag of ``alexnet train``, shared by ``alexnet lr-find``."""
     _what_to_train_options(p)
@@ -109,7 +102,7 @@ def _optimisation_options(p) -> None:
     g.add_argument(
         "--time",
         dest="time_budget",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="size the run in wall-clock time instead of epochs (90s, 10m, 1h or seconds): "
         "the whole command, data and final evaluation included, ends within it",

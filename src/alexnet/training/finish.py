@@ -49,6 +49,7 @@ class RunResult:
     images_per_s: float
     paths: dict[str, Path] = field(default_factory=dict)
     model: nn.Module | None = None  # the trained model with the weights evaluated on test
+    train_images: int = 0  # images trained on in this session (a resume: since it)
 
     def __repr__(self) -> str:  # the model's repr is pages long: show what a user looks for
         test = f", test_top1={self.test_top1:.2f}" if self.test is not None else ""
@@ -135,6 +136,7 @@ def finish(
         images_per_s=ips,
         paths=paths,
         model=setup.model.eval(),
+        train_images=train_images,
     )
 
 

@@ -321,7 +321,7 @@ def _epoch_numbers(epochs: int, epoch: int, stats, val, elapsed: float) -> str:
 def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float, budget) -> dict[str, Any]:
     """The epoch's row of metrics.csv (and of every checkpoint's history); with a time
     budget, the plan as this epoch's end left it and the seconds left."""
-    plan = {}
+    plan = dict.fromkeys(("planned_steps", "planned_epochs", "time_left"))
     if budget is not None and budget.total is not None:
         plan = {
             "planned_steps": budget.total,

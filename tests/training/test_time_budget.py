@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 import alexnet
 from alexnet.cli import main
@@ -25,6 +26,7 @@ loop = importlib.import_module("alexnet.training.loop")
 SMALL = dict(
     model_kwargs={"widths": [8, 16, 16, 16, 16], "hidden": 32},
     threads=1,
+    device=TEST_DEVICE,
     progress=False,
     plots=False,
     tensorboard=False,

@@ -4,9 +4,11 @@ The budget counts from the command's start (the process's, where the system says
 holds everything the command does: decoding and caching the data, warm-up, every
 validation, the final evaluation with its test-time augmentation and writing the outputs.
 
-    after WARM_STEPS optimiser steps   time MEASURE_STEPS more (at least MEASURE_S seconds)
-                                       and one small evaluation pass -> the first plan
-    at every epoch end                 the last epoch's step time, validation and bookkeeping
+    after WARM_STEPS optimiser steps   time MEASURE_STEPS more and one small evaluation
+                                       pass -> the first plan
+    inside an epoch                    re-plan after 5, 10, 20, ... more steps (at most
+                                       every twentieth of the plan) from their rate
+    at every epoch end                 the epoch's step time, validation and bookkeeping
                                        seconds -> a new plan
     a plan                             optimiser steps = what fits in the time left after
                                        the validations and epoch ends still to come and the
@@ -45,8 +47,7 @@ __all__ = [
 ]
 
 WARM_STEPS = 3  # optimiser steps before timing starts (kernel selection, first allocations)
-MEASURE_STEPS = 5  # at least this many timed steps...
-MEASURE_S = 1.0  # ...and at least this long, for the first plan (or the first epoch's end)
+MEASURE_STEPS = 5  # timed steps of the first plan (or the first epoch's end, if sooner)
 FINISH_S = 1.5  # writing the model file, plots, report (before any epoch end is measured)
 REPLAN_SAY = 0.05  # a re-plan is printed when the planned epochs move by more than this share
 
@@ -162,6 +163,8 @@ class TimeBudget:
         self._planned_here = False  # this session made its first plan
         self._t_warm: float | None = None  # when step WARM_STEPS of the session ended
         self._warm_steps0 = 0
+        self._mark_t, self._mark_steps = 0.0, 0  # where the step rate is timed from
+        self._next_plan = 0  # the step count of the next plan inside an epoch
         self._epoch = 1
         self._t_train_end: float | None = None
         self._epoch_t0: float | None = None
@@ -196,22 +199,29 @@ class TimeBudget:
         return self.total is not None and self.setup.schedule.step_count >= self.total
 
     def on_step(self, step: int, loss: torch.Tensor) -> None:
-        """After every optimiser step (StepOptions.on_step): the first plan once warm."""
+        """After every optimiser step (StepOptions.on_step): the first plan once warm, then
+        re-plans inside long epochs at step counts (the same on every rank): after 5, 10,
+        20, ... more steps, at most every twentieth of the plan."""
         self._session_steps += 1
+        count = self.setup.schedule.step_count
         if self._session_steps == WARM_STEPS:
-            self._t_warm = self._now()
-            self._warm_steps0 = self.setup.schedule.step_count
+            self._t_warm = self._mark_t = self._now()
+            self._warm_steps0 = self._mark_steps = count
+            self._next_plan = count + MEASURE_STEPS
             return
-        if self._t_warm is None or self._planned_here:
+        if self._t_warm is None or count < self._next_plan or self.done():
             return
-        timed = self.setup.schedule.step_count - self._warm_steps0
-        if timed >= MEASURE_STEPS and self._now() - self._t_warm >= MEASURE_S:
-            self._plan((self._now() - self._t_warm) / timed, epochs_done=self._epoch - 1)
+        now = self._now()
+        self._plan((now - self._mark_t) / (count - self._mark_steps), epochs_done=self._epoch - 1)
+        gap = min(2 * (count - self._mark_steps), max(MEASURE_STEPS, (self.total or 0) // 20))
+        self._mark_t, self._mark_steps, self._next_plan = now, count, count + gap
 
     def start_epoch(self, epoch: int) -> None:
+        """The epoch begins: the time of validation and epoch ends stays out of the rates."""
         self._epoch = epoch
-        self._epoch_t0 = self._now()
-        self._epoch_steps0 = self.setup.schedule.step_count
+        self._epoch_t0 = self._mark_t = self._now()
+        self._epoch_steps0 = self._mark_steps = self.setup.schedule.step_count
+        self._next_plan = max(self._next_plan, self._mark_steps + MEASURE_STEPS)
 
     def end_epoch_training(self, epochs_done: int) -> None:
         """The epoch's training is over (validation comes next): re-plan from its rate,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from alexnet.io.checkpoint import load_checkpoint
 from alexnet.io.metrics_csv import read_metrics
 from alexnet.training.config import resolve
 from alexnet.training.optim import LRSchedule
-from alexnet.training.time_budget import clock, parse_duration, plan_steps
+from alexnet.training.time_budget import Plan, TimeBudget, clock, parse_duration, plan_steps
 
 loop = importlib.import_module("alexnet.training.loop")
 
@@ -201,3 +202,32 @@ def test_a_resumed_budgeted_run_spends_what_is_left(tmp_path, monkeypatch):
         alexnet.train(resume=run_dir)
     with pytest.raises(ConfigError, match="drop --epochs"):
         alexnet.train(resume=run_dir, epochs=30)
+
+
+def test_every_rank_follows_rank_0s_plan():
+    """A rank other than 0 plans nothing itself: it takes the plan rank 0 broadcasts."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = LRSchedule(opt, kind="onecycle", epochs=10, steps_per_epoch=20)
+    rank0 = Plan(at_step=8, total_steps=123, epochs=6.15, images_per_s=900.0, final_s=3.0,
+                 time_left=50.0)  # fmt: skip
+    sent = []
+
+    class Rank1:
+        is_main, world_size, rank = False, 2, 1
+
+        def broadcast_object(self, obj):
+            sent.append(obj)  # rank 1's own value is None: only rank 0's counts
+            return rank0
+
+    setup = SimpleNamespace(
+        schedule=schedule,
+        updates_per_epoch=20,
+        epochs=10,
+        dist=Rank1(),
+        device=torch.device("cpu"),
+        cfg=SimpleNamespace(batch_size=64, accumulate=1, eval_every=1, ema=None),
+    )
+    budget = TimeBudget(60.0, setup, started=0.0)
+    budget._plan(0.05, epochs_done=0)
+    assert sent == [None]
+    assert budget.total == schedule.total == 123 and setup.epochs == 7

@@ -39,6 +39,7 @@ from alexnet.training.console import say
 from alexnet.training.processes import SINGLE
 
 __all__ = [
+    "Plan",
     "TimeBudget",
     "clock",
     "parse_duration",

@@ -231,3 +231,11 @@ def test_every_rank_follows_rank_0s_plan():
     budget._plan(0.05, epochs_done=0)
     assert sent == [None]
     assert budget.total == schedule.total == 123 and setup.epochs == 7
+
+
+def test_lr_find_refuses_a_time_budget(capsys):
+    assert main(["lr-find", "--time", "1m"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "alexnet: error: --time does not apply to lr-find (the sweep's length is --steps); drop it"
+    )

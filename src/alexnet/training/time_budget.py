@@ -172,6 +172,8 @@ class TimeBudget:
         self._epoch_steps0 = 0
         self._val_s: float | None = None  # one validation, measured
         self._val_img_s: float | None = None  # seconds per validation image (TTA views in)
+        self._step_s = 1.0  # the step time of the latest plan
+        self._eval_step_s: float | None = None  # the step time when evaluation was timed
         self._epoch_end_s: float | None = None  # checkpoint + metrics + plots, measured
         self._finish_s = FINISH_S
 
@@ -244,6 +246,7 @@ class TimeBudget:
         if val is not None:
             self._val_s = val["time"] * (2 if "ema" in val else 1)
             self._val_img_s = val["time"] / max(1, len(self.setup.data.val))
+            self._eval_step_s = self._step_s  # the step rate the machine gave then
             spent -= self._val_s
         self._epoch_end_s = max(0.0, spent)
 
@@ -255,15 +258,22 @@ class TimeBudget:
         return time.perf_counter()
 
     def _estimates(self) -> tuple[float, float, float]:
-        """(one validation, one epoch end, the final evaluation and outputs) in seconds."""
+        """(one validation, one epoch end, the final evaluation and outputs) in seconds.
+
+        Evaluation seconds were measured at some step rate; on a shared machine both move
+        together, so they are scaled by the step time now over the step time then."""
         data, cfg = self.setup.data, self.setup.cfg
         if self._val_img_s is None:
             self._val_img_s = self._measure_eval()
+            self._eval_step_s = self._step_s
+        drift = min(4.0, max(0.25, self._step_s / (self._eval_step_s or self._step_s)))
         val_s = self._val_s
         if val_s is None:
             val_s = self._val_img_s * len(data.val) * (2 if cfg.ema is not None else 1)
+        val_s *= drift
         has_test = data.test is not None and data.test is not data.val
-        final_s = self._finish_s + (self._val_img_s * len(data.test) if has_test else 0.0)
+        test_s = self._val_img_s * len(data.test) * drift if has_test else 0.0
+        final_s = self._finish_s + test_s
         epoch_end_s = self._epoch_end_s if self._epoch_end_s is not None else 0.05
         return val_s, epoch_end_s, final_s
 
@@ -286,7 +296,7 @@ class TimeBudget:
 
     def _plan(self, step_s: float, *, epochs_done: int) -> None:
         setup, dist = self.setup, self.setup.dist
-        plan = None
+        plan, self._step_s = None, step_s
         if dist.is_main:
             val_s, epoch_end_s, final_s = self._estimates()
             time_left = self.left()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 from torch import nn
 
 from alexnet.models.registry import get_model
+
+# The device of the device-independent training and evaluation tests: the CPU, or what
+# ALEXNET_TEST_DEVICE names (benchmarks/gpu_check.sh runs them with cuda).
+TEST_DEVICE = os.environ.get("ALEXNET_TEST_DEVICE", "cpu")
 
 # Small enough that a training step takes milliseconds (see COMMON.md).
 TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
@@ -21,8 +26,6 @@ def _private_dataset_cache(tmp_path_factory):
     Tests that need a cache of their own still set ALEXNET_CACHE themselves (monkeypatch);
     module-scoped fixtures and subprocesses inherit this one.
     """
-    import os
-
     before = os.environ.get("ALEXNET_CACHE")
     os.environ["ALEXNET_CACHE"] = str(tmp_path_factory.mktemp("alexnet-cache"))
     yield

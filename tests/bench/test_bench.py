@@ -212,6 +212,11 @@ def test_time_to_accuracy_reports_wall_time_accuracy_and_when_the_target_was_hit
     times = [c["time_s"] for c in rec["curve"]]
     assert times == sorted(times) and len(times) == 2 and times[-1] <= rec["wall_s"]
     assert rec["peak_rss_mb"] > 0 and rec["run_dir"].startswith(str(tmp_path / "runs"))
+    # the work done, to compare methods at equal images on any machine
+    assert rec["images_seen"] > 0 and rec["time_budget_s"] is None
+    assert rec["train_tflop"] == pytest.approx(
+        rec["images_seen"] * rec["gflop_per_image"] / 1000, rel=1e-3
+    )
 
 
 def test_time_to_accuracy_says_when_the_target_was_not_reached(tmp_path, capsys):

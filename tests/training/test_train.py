@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TEST_DEVICE
 from PIL import Image
 from reliability_utils import run_main, torch_globals
 
@@ -39,7 +40,7 @@ TINY = dict(
     lr=0.02,
     augment=["random_crop:2", "hflip"],
     workers=0,
-    device="cpu",
+    device=TEST_DEVICE,
     threads=1,
     progress=False,
 )
@@ -272,7 +273,7 @@ def cli_env(tmp_path: Path) -> dict:
 
 TINY_FLAGS = [
     "--dataset", "imagefolder", "--model", "alexnet_cifar", "--image-size", "16",
-    "--batch-size", "8", "--workers", "0", "--device", "cpu", "--threads", "1",
+    "--batch-size", "8", "--workers", "0", "--device", TEST_DEVICE, "--threads", "1",
     "--set", "model_kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}",
 ]  # fmt: skip
 

@@ -1,7 +1,9 @@
 """``alexnet bench time-to-accuracy``: one run of a recipe from a cold cache, timed.
 
-Wall time, accuracy, when the target accuracy was first reached, and the training
-throughput in GFLOP/s against the machine's matmul peaks.
+Wall time, accuracy, when the target accuracy was first reached, the images trained on and
+their training TFLOP (so that a method can be judged at equal work on any machine), and the
+training throughput in GFLOP/s against the machine's matmul peaks. A recipe sized in time
+(``time_budget``, ``--time``) fills its budget; one sized in epochs runs them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def bench_time_to_accuracy(
         "dataset": dataset,
         "data": None if data is None else os.fspath(data),
         "run_dir": str(result.run_dir),
-        "epochs": result.config.epochs,
+        "epochs": final.get("epoch", result.config.epochs),
+        "time_budget_s": result.config.time_budget,
         "seed": result.config.seed,
         "target_top1": target,
         "reached": reached is not None,
@@ -85,6 +88,7 @@ def bench_time_to_accuracy(
         "test_top1": result.test_top1,
         "tta": result.config.tta,
         "images_per_s": round(result.images_per_s, 1),
+        "images_seen": result.train_images,
         **_roofline(result, device),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "curve": [{"epoch": e, "time_s": round(t, 1), "val_top1": v} for e, t, v in curve],
@@ -102,6 +106,7 @@ def _roofline(result: RunResult, device: torch.device) -> dict:
     peaks = matmul_peaks(dtype, device)
     achieved = result.images_per_s * gflop
     return {
+        "train_tflop": float(f"{result.train_images * gflop / 1000:.4g}"),
         "image_size": meta.image_size,
         "precision": precision_name(dtype),
         "gflop_per_image": float(f"{gflop:.6g}"),
@@ -120,18 +125,22 @@ def _restore_env(name: str, value: str | None) -> None:
 
 
 def format_time_to_accuracy(records: list[dict]) -> str:
-    headers = ["recipe", "epochs", "final top-1", "best top-1", "target", "reached", "wall"]
+    headers = ["recipe", "epochs", "images", "TFLOP", "final top-1", "best top-1", "target",
+               "reached", "wall"]  # fmt: skip
     rows = [
         [
             r["recipe"],
             str(r["epochs"]),
+            f"{r['images_seen']:,}",
+            f"{r['train_tflop']:.3g}",
             f"{r['final_top1']:.2f}%",
             f"{r['best_top1']:.2f}%",
             f"{r['target_top1']:g}%",
             f"epoch {r['epoch_reached']} at {_minutes(r['time_to_target_s'])}"
             if r["reached"]
             else "no",
-            _minutes(r["wall_s"]),
+            _minutes(r["wall_s"])
+            + (f" of {_minutes(r['time_budget_s'])}" if r["time_budget_s"] else ""),
         ]
         for r in records
     ]

@@ -13,6 +13,7 @@ from alexnet.cli.options import (
     add_precision,
     add_set,
     check_positive,
+    duration,
     json_object,
 )
 from alexnet.errors import UserError
@@ -147,6 +148,14 @@ def _register_time_to_accuracy(sub: argparse._SubParsersAction) -> None:
         "--target", type=float, default=85.0, help="validation top-1 in percent (default: 85)"
     )
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument(
+        "--time",
+        dest="time_budget",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="size the run in wall-clock time (90s, 10m, 1h or seconds) instead of epochs",
+    )
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument(
         "--cache-dir", default=None, help="decoded-image cache (default: a fresh empty folder)"
@@ -166,6 +175,8 @@ def cmd_time_to_accuracy(args: argparse.Namespace) -> int:
     overrides = dict(args.set_ or [])
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.time_budget is not None:
+        overrides["time_budget"] = args.time_budget
     if args.seed is not None:
         overrides["seed"] = args.seed
     # with --json, stdout carries the one JSON object: the run's own lines go to stderr

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from alexnet.choices import PRECISIONS
+from alexnet.durations import parse_duration
 from alexnet.errors import UserError
 from alexnet.training.options import GROUPS, HINTS, OPTIONS, Option, TrainConfig
 
@@ -22,6 +23,7 @@ __all__ = [
     "add_set",
     "add_train_flags",
     "check_positive",
+    "duration",
     "json_object",
     "set_value",
     "train_groups",
@@ -44,6 +46,14 @@ def set_value(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key, value
+
+
+def duration(text: str) -> float:
+    """A ``--time`` flag: ``90s``, ``10m``, ``1h`` or seconds -> seconds."""
+    try:
+        return parse_duration(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def json_object(text: str) -> dict:
@@ -118,7 +128,7 @@ def _add_flag(g, key: str, opt: Option, hint: Any, default: Any) -> None:
     elif typing.get_origin(base) is list:
         kw["nargs"] = "+"
     else:
-        kw["type"] = base
+        kw["type"] = _flag_type(opt.parse) if opt.parse is not None else base
     if opt.choices is not None:
         kw["choices"] = [*opt.choices, *([opt.none_word] if opt.none_word else [])]
     if opt.const_flags:  # --init FILE or --pretrained, not both
@@ -128,6 +138,19 @@ def _add_flag(g, key: str, opt: Option, hint: Any, default: Any) -> None:
         g.add_argument(
             flag, dest=key, action="store_const", const=const, help=f"= {names[0]} {const}"
         )
+
+
+def _flag_type(parse: Any) -> Any:
+    """An option's own parser as an argparse type: its sentence becomes argparse's error."""
+
+    def flag_type(text: str) -> Any:
+        try:
+            return parse(text)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    flag_type.__name__ = getattr(parse, "__name__", "value")
+    return flag_type
 
 
 def _not_none(hint: Any) -> Any:

@@ -23,6 +23,7 @@ from alexnet.cli.options import (
     add_train_flags,
     train_groups,
 )
+from alexnet.durations import process_start
 from alexnet.training.config import (
     TTA_MODES,
     ConfigError,
@@ -117,7 +118,14 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues a run with its own config; drop --recipe/--config")
     from alexnet.training.api import train  # torch: only when a command runs
 
-    train(recipe, config, resume=resume, argv=["alexnet", *sys.argv[1:]], **overrides)
+    train(
+        recipe,
+        config,
+        resume=resume,
+        argv=["alexnet", *sys.argv[1:]],
+        started=process_start(),  # a time budget counts from the command's start
+        **overrides,
+    )
     return 0
 
 

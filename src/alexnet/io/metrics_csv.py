@@ -23,6 +23,10 @@ METRIC_COLUMNS = [
     "epoch_time",
     "images_per_s",
     "elapsed",  # seconds from the start of this process's run to the end of the epoch
+    # a run sized in time (--time): the plan as the epoch's end left it, and the budget left
+    "planned_steps",  # optimiser steps of the whole run
+    "planned_epochs",  # the same in epochs (fractional: the last epoch may be partial)
+    "time_left",  # seconds of the budget left at the epoch's end
 ]
 
 
@@ -47,6 +51,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.csv`` as dicts of numbers (empty cells -> None)."""
     with open(path, newline="") as f:
         return [
-            {k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in r.items()}
+            {
+                k: (
+                    None
+                    if v == ""
+                    else int(float(v))
+                    if k in ("epoch", "planned_steps")
+                    else float(v)
+                )
+                for k, v in r.items()
+            }
             for r in csv.DictReader(f)
         ]

@@ -5,6 +5,7 @@ Accuracies are percentages. The run itself is :func:`alexnet.training.run.run`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def train(
     *,
     resume: str | Path | None = None,
     argv: list[str] | None = None,
+    started: float | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train a model; the same as ``alexnet train`` with the same names.
@@ -34,20 +36,32 @@ def train(
     ``recipe`` names a bundled recipe (default ``digits`` when neither it nor ``config`` is
     given), ``config`` is a YAML file of TrainConfig keys, and keyword overrides win over both:
     ``alexnet.train(recipe="digits", epochs=3)``. ``resume="runs/NAME"`` continues that run
-    (``epochs=N`` changes its length). Returns a :class:`RunResult` with history and paths.
+    (``epochs=N`` changes its length). ``time_budget=600`` sizes the run in seconds of
+    wall-clock time instead of epochs (:mod:`alexnet.training.time_budget`), counted from
+    ``started`` (a :func:`time.perf_counter` value; default: this call). Returns a
+    :class:`RunResult` with history and paths.
     """
+    if started is None:
+        started = time.perf_counter()
     if argv is None:  # provenance records the call itself
         named = {"recipe": recipe, "config": config, "resume": resume}
         parts = [f"{k}={v!r}" for k, v in {**named, **overrides}.items() if v is not None]
         argv = [f"alexnet.train({', '.join(parts)})"]
     if resume is None:
         settings = resolve(recipe, config, overrides)
-        return run(settings.config, argv=argv, settings=settings)
+        return run(settings.config, argv=argv, settings=settings, started=started)
     if recipe is not None or config is not None:
         raise ConfigError("resume continues a run with its own config; drop recipe/config")
     run_dir = Path(resume)
     cfg, settings, old_epochs = resumed_config(run_dir, overrides)
-    return run(cfg, resume_dir=run_dir, argv=argv, old_epochs=old_epochs, settings=settings)
+    return run(
+        cfg,
+        resume_dir=run_dir,
+        argv=argv,
+        old_epochs=old_epochs,
+        settings=settings,
+        started=started,
+    )
 
 
 def lr_find(

@@ -102,6 +102,8 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
             )
             prefix = "" if where == "flag" else f"{where}: "
             raise ConfigError(f"{prefix}unknown config key {key!r}{hint}")
+        if isinstance(value, str) and OPTIONS[key].parse is not None:  # time_budget: 10m
+            value = OPTIONS[key].parse(value)
         if not _type_ok(value, _HINTS[key]):
             raise ConfigError(
                 f"{where}: {key!r} must be {_type_name(_HINTS[key])}, got {value!r} "
@@ -308,6 +310,7 @@ def resolve(
             if key not in values:
                 values[key], sources[key] = "imagenet", "--pretrained"
     _refuse_unused_flags(values, flags)
+    notes += _budget_or_epochs(values, sources)
     model = _get(values, "model")
     if "lr" not in values:  # the variant's own rate for training from scratch
         from alexnet.models.registry import model_info  # torch: not at `alexnet --help`
@@ -380,6 +383,21 @@ def _drop_foreign(values: dict, sources: dict, recipe_values: dict, recipe: str)
                 f"were left out for {_get(values, what)}"
             )
     return notes
+
+
+def _budget_or_epochs(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    """A run is sized in time or in epochs: the user's time budget replaces a recipe's
+    epochs, the user's epochs a recipe's time budget; both from the user is an error."""
+    if values.get("time_budget") is None or "epochs" not in values:
+        return []
+    budget_from, epochs_from = sources["time_budget"], sources["epochs"]
+    if not budget_from.startswith("recipe") and not epochs_from.startswith("recipe"):
+        raise ConfigError("--time sizes the run in time and --epochs in epochs; give one of them")
+    if epochs_from.startswith("recipe"):
+        del values["epochs"], sources["epochs"]
+        return []  # the recipe's epochs make way for the user's budget (nothing to say)
+    del values["time_budget"], sources["time_budget"]
+    return [f"epochs {values['epochs']} replace the {budget_from} time budget"]
 
 
 # A flag that only some settings use: (flag, applies when, why not)
@@ -460,6 +478,10 @@ def describe(resolved: ResolvedConfig, *, width: int = 100) -> list[str]:
             continue
         if show == "on" and value == _DEFAULTS[key]:
             continue
+        if key == "epochs" and cfg.time_budget is not None:
+            continue  # the budget's plan sets them
+        if key == "time_budget":
+            value = f"{value:g} s (epochs as planned)"
         if isinstance(value, list):
             value = " ".join(map(str, value)) or "none"
         where = sources.get(key, "default")

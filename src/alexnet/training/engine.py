@@ -123,6 +123,7 @@ def train_one_epoch(
     start_step: int = 0,
     totals: dict[str, float] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    end_early: Callable[[], bool] | None = None,
     bar: Any | None = None,
 ) -> dict[str, Any]:
     """Train for one pass over ``loader``; returns the epoch's metrics.
@@ -132,6 +133,8 @@ def train_one_epoch(
     batches are skipped: the loader gives the same order for the same epoch).
     ``should_stop()`` is polled after each optimiser step; when it says so the function
     returns with ``complete=False`` and the state of the last completed step.
+    ``end_early()`` is polled there too: when it says so the epoch ends there, complete
+    (the last, partial epoch of a run sized in time).
 
     With ``options.accumulate`` = N the gradients of N loader batches (micro-batches) are
     summed before one optimiser step, each loss divided by the micro-batches of its group
@@ -175,6 +178,8 @@ def train_one_epoch(
             _show_progress(bar, running, step, seen_now, t0, epoch, optimizer, o.log_every)
         if last and should_stop is not None and should_stop():
             complete = False
+            break
+        if last and end_early is not None and end_early():
             break
     return _epoch_metrics(running, o.dist, step, complete, seen_now, t0, epoch, optimizer)
 

@@ -24,6 +24,7 @@ from alexnet.training.engine import Diverged
 from alexnet.training.run_folder import RunFolder, record_top1, write_json
 from alexnet.training.run_setup import TrainingSetup
 from alexnet.training.scoring import most_confused
+from alexnet.training.time_budget import clock
 from alexnet.viz import plots  # by module: tests replace its functions
 from alexnet.viz.figures import as_seen, split_images
 from alexnet.viz.report import write_report as write_report_html
@@ -48,6 +49,7 @@ class RunResult:
     images_per_s: float
     paths: dict[str, Path] = field(default_factory=dict)
     model: nn.Module | None = None  # the trained model with the weights evaluated on test
+    train_images: int = 0  # images trained on in this session (a resume: since it)
 
     def __repr__(self) -> str:  # the model's repr is pages long: show what a user looks for
         test = f", test_top1={self.test_top1:.2f}" if self.test is not None else ""
@@ -108,8 +110,10 @@ def finish(
             else None,
             "wall_time_s": round(wall, 2),
             "train_images_per_s": round(ips, 1),
-            "epochs": cfg.epochs,
+            "epochs": setup.epochs,
         }
+        if setup.budget is not None:  # the budget, its plans, and the seconds used so far
+            folder.provenance["result"]["time_budget"] = setup.budget.summary()
         if setup.early_stop is not None:  # the epoch it stopped after; null: ran them all
             folder.provenance["result"]["stopped_early_after"] = (
                 setup.early_stop.stopped_epoch or None
@@ -132,6 +136,7 @@ def finish(
         images_per_s=ips,
         paths=paths,
         model=setup.model.eval(),
+        train_images=train_images,
     )
 
 
@@ -230,12 +235,12 @@ def _top5(value: float | None) -> str:
 
 
 def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips) -> None:
-    cfg, run_dir = setup.cfg, folder.path
+    run_dir = folder.path
     last = folder.history[-1] if folder.history else {}
     lines = ["", f"run {run_dir}"]
     if math.isfinite(folder.best_top1):
         lines.append(
-            f"  best val top-1  {folder.best_top1:6.2f}%  (epoch {folder.best_epoch}/{cfg.epochs})"
+            f"  best val top-1  {folder.best_top1:6.2f}%  (epoch {folder.best_epoch}/{setup.epochs})"
         )
     if last.get("val_top1") is not None:
         lines.append(f"  final val top-1 {last['val_top1']:6.2f}%{_top5(last['val_top5'])}")
@@ -248,6 +253,14 @@ def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips
         )
     m, s = divmod(wall, 60)
     lines.append(f"  wall time       {int(m)}m{s:04.1f}s   training speed {ips:.0f} images/s")
+    budget = setup.budget
+    if budget is not None:  # the whole command, earlier sessions of a resumed run included
+        used = budget.used()
+        lines.append(
+            f"  time budget     {clock(budget.seconds)}, used {clock(used)} "
+            f"({100 * used / budget.seconds:.1f}%), {budget.total} steps "
+            f"(~{budget.planned_epochs:.2f} epochs)"
+        )
     lines.append(f"  model           {run_dir / 'model.safetensors'}")
     lines.append(f"  curves, report  {run_dir / 'plots'}, {run_dir / 'report.html'}")
     print("\n".join(lines), flush=True)

@@ -58,6 +58,7 @@ OWN_FLAGS = ("--steps", "--start-lr", "--end-lr", "--output")
 # and why: given to lr-find they are an error
 NOT_USED = {
     "epochs": "the sweep's length is --steps",
+    "time_budget": "the sweep's length is --steps",
     "scheduler": "the sweep sets the rate of every step",
     "warmup_epochs": "the sweep sets the rate of every step",
     "patience": "the sweep does not validate",
@@ -170,9 +171,8 @@ def refuse_unused(overrides: dict[str, Any]) -> None:
     for key in overrides:
         key = key.replace("-", "_")
         if key in NOT_USED:
-            raise ConfigError(
-                f"--{key.replace('_', '-')} does not apply to lr-find ({NOT_USED[key]}); drop it"
-            )
+            flag = "time" if key == "time_budget" else key.replace("_", "-")
+            raise ConfigError(f"--{flag} does not apply to lr-find ({NOT_USED[key]}); drop it")
 
 
 def find_lr(

@@ -85,6 +85,9 @@ class LRSchedule:
     when validation top-1 has not improved for ``patience`` epochs, as in the 2012 paper).
     The rate is a pure function of the iteration count and the plateau factor, so the state
     is four numbers, resume is exact, and a longer run is the same object with a new length.
+    A run sized in time (:mod:`alexnet.training.time_budget`) gives a length in steps
+    (:meth:`set_total`): warm-up, peak and decay are laid over those steps, and ``step``
+    decays at the same fractions of the run as over its nominal ``epochs``.
     Call :meth:`step` after every optimiser step and :meth:`epoch_end` after validation.
     """
 
@@ -118,7 +121,14 @@ class LRSchedule:
     def set_length(self, epochs: int, steps_per_epoch: int) -> None:
         """(Re)build the shape for a run of ``epochs`` epochs, keeping the position in it."""
         self.epochs, self.steps_per_epoch = epochs, max(1, steps_per_epoch)
-        self.total = self.epochs * self.steps_per_epoch
+        self.set_total(self.epochs * self.steps_per_epoch)
+
+    def set_total(self, total: int) -> None:
+        """Lay the shape over ``total`` optimiser steps (a planned, fractional number of
+        epochs), keeping the position in it; ``step`` decays at the fractions its
+        ``step_size`` makes of the nominal ``epochs``. The rate reaches its end value at
+        step ``total``."""
+        self.total = max(1, int(total))
         self.warmup_steps = min(self.total, round(self.warmup_epochs * self.steps_per_epoch))
         self._apply()
 
@@ -136,7 +146,8 @@ class LRSchedule:
         if step < warm:
             f = (step + 1) / warm  # linear from lr/warm to lr
         if self.kind == "step":
-            f *= self.gamma ** ((step // self.steps_per_epoch) // self.step_size)
+            epoch = step * self.epochs // total  # step // steps_per_epoch unless planned
+            f *= self.gamma ** (epoch // self.step_size)
         elif self.kind == "cosine" and step >= warm:
             t = min(1.0, (step - warm) / max(1, total - warm))
             f *= (1.0 + math.cos(math.pi * t)) / 2.0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alexnet.choices import INIT_SCHEMES, PRECISIONS
+from alexnet.durations import parse_duration
 
 __all__ = [
     "FIELD_NAMES",
@@ -77,7 +78,8 @@ class Option:
     ``flags``: its spellings; empty = ``--key-name``. A bool that is off by default gets
     ``--flag`` (``negatable``: ``--flag/--no-flag``); one that is on by default and spelled
     ``--no-...`` turns it off. ``const_flags``: more flags that each set the key to one value
-    (``{"--pretrained": "imagenet"}``). ``none_word``: the word that means None
+    (``{"--pretrained": "imagenet"}``). ``parse``: turns the flag's text (and a string in a
+    recipe, a config file or ``--set``) into the value (``--time 10m`` -> 600.0). ``none_word``: the word that means None
     (``--freeze none``). ``check``/``why``: a check of a value that is not None and the
     sentence that says what it must be ("must be at least 1"). ``choices``: the values it
     takes (checked too). ``resume``: a ``--resume`` may change it (where and how fast to
@@ -97,6 +99,7 @@ class Option:
     show: str | None = None
     negatable: bool = False
     const_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parse: Callable[[str], Any] | None = None
 
 
 def option(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
@@ -178,6 +181,15 @@ class TrainConfig:
     # --- optimisation
     epochs: int = option(10, group=OPTIMISATION, check=_at_least(1), why="must be at least 1",
                          resume=True, show="always")  # fmt: skip
+    # seconds the whole command may take (data, validations, final evaluation and files
+    # included): the planned optimiser steps replace `epochs` (training/time_budget.py)
+    time_budget: float | None = option(
+        group=OPTIMISATION, flags=("--time",), metavar="DURATION", parse=parse_duration,
+        check=_positive, why="must be a positive number of seconds, e.g. 600 (--time 10m)",
+        show="set",
+        help="size the run in wall-clock time instead of epochs (90s, 10m, 1h or seconds): "
+        "the whole command, data and final evaluation included, ends within it",
+    )  # fmt: skip
     batch_size: int = option(
         128, group=OPTIMISATION, check=_at_least(1), why="must be at least 1", show="always",
         help="per process: the global batch is this x processes (printed at the start)",

@@ -63,19 +63,26 @@ def resumed_config(
                 "(start a new run instead, or edit its config.yaml)"
             )
         changes[key] = value
+    if "epochs" in changes and cfg.time_budget is not None:
+        raise ConfigError(
+            f"{run_dir} is sized in time ({cfg.time_budget:g} s); --resume continues it with "
+            "what is left of its budget: drop --epochs"
+        )
     if changes:
         cfg = config_from_dict({**config_to_dict(cfg), **changes}, "flag")
     sources = {k: ("flag" if k in changes else str(cfg_path)) for k in config_to_dict(cfg)}
     return cfg, ResolvedConfig(cfg, sources), saved.get("epochs")
 
 
-def is_finished(folder: RunFolder, epochs: int) -> bool:
-    """The run's final files are written: provenance.json gets its result last of all."""
+def is_finished(folder: RunFolder, epochs: int | None) -> bool:
+    """The run's final files are written: provenance.json gets its result last of all
+    (``epochs`` None: after any number of epochs, as a run sized in time ends)."""
     try:
         result = json.loads(folder.paths["provenance"].read_text()).get("result") or {}
     except (OSError, ValueError, AttributeError):
         result = {}
-    return folder.paths["model"].exists() and result.get("epochs") == epochs
+    done = bool(result) if epochs is None else result.get("epochs") == epochs
+    return folder.paths["model"].exists() and done
 
 
 def resume_state(
@@ -118,7 +125,16 @@ def resume_state(
         "totals": state.get("partial"),
         "rng": state["rng"],
     }
-    if position["epoch"] >= cfg.epochs and is_finished(folder, position["epoch"]):
+    if setup.budget is not None and is_finished(folder, None):
+        raise UserError(
+            f"{folder.path} already spent its time budget of {cfg.time_budget:g} s; to train "
+            "longer start a new run with a longer --time"
+        )
+    if (
+        setup.budget is None
+        and position["epoch"] >= cfg.epochs
+        and is_finished(folder, position["epoch"])
+    ):
         raise UserError(
             f"{folder.path} already finished {position['epoch']} epochs; to train longer pass "
             f"--epochs N with N > {position['epoch']}"
@@ -142,7 +158,10 @@ def resume_state(
         "world_size": setup.dist.world_size,
         "checkpoint_world_size": saved_world,
     }
-    if old_epochs is not None and cfg.epochs != old_epochs:
+    if setup.budget is not None:
+        left = cfg.time_budget - setup.budget.spent_before
+        note["time_budget"] = f"{left:.0f} s of {cfg.time_budget:g} s left"
+    elif old_epochs is not None and cfg.epochs != old_epochs:
         note["epochs_before"] = old_epochs
         note["schedule"] = f"{cfg.scheduler} schedule rebuilt for {cfg.epochs} epochs"
     return position, note
@@ -173,4 +192,6 @@ def _continue_schedule(
         position["step"], position["totals"] = 0, None
         setup.schedule.step_count = position["epoch"] * steps
         setup.schedule.set_length(cfg.epochs, steps)
+    if setup.budget is not None and setup.budget.total is not None:  # the saved plan's length
+        setup.schedule.set_total(setup.budget.total)
     return saved_world

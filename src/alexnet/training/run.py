@@ -40,6 +40,7 @@ from alexnet.training.processes import SINGLE
 from alexnet.training.resume import START, resume_state
 from alexnet.training.run_folder import RunFolder, record_top1, write_yaml
 from alexnet.training.run_setup import TrainingSetup, batch_to_fit
+from alexnet.training.time_budget import TimeBudget, clock
 from alexnet.training.transfer import is_frozen, unfreeze
 
 __all__ = ["run"]
@@ -53,12 +54,16 @@ def run(
     old_epochs: int | None = None,
     dist: Any = SINGLE,
     settings: ResolvedConfig | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """Train ``cfg`` in a new run folder, or continue the run in ``resume_dir``.
 
     Under torchrun the process joins the group (:func:`alexnet.training.distributed.session`)
-    and trains its shard with DDP; rank 0 writes the run folder.
+    and trains its shard with DDP; rank 0 writes the run folder. ``started``: the
+    :func:`time.perf_counter` value the run's clock (and a ``time_budget``) counts from;
+    default now.
     """
+    t_start = time.perf_counter() if started is None else started
     if dist is SINGLE:  # not given: torchrun's group when launched by it, else one process
         with session(cfg.device) as ctx:
             return run(
@@ -68,9 +73,11 @@ def run(
                 old_epochs=old_epochs,
                 dist=ctx,
                 settings=settings,
+                started=t_start,
             )
-    t_start = time.perf_counter()
     setup, folder = _open(cfg, dist, resume_dir, settings)
+    if cfg.time_budget is not None:  # before a resume, which loads its state
+        setup.budget = TimeBudget(cfg.time_budget, setup, started=t_start)
     if resume_dir is None:
         position, note = dict(START), None
     else:
@@ -151,11 +158,13 @@ def _train_epochs(
 ) -> tuple[float, int, dict[str, Any] | None]:
     """The epochs from ``position`` to the end; returns (training seconds, images trained,
     the last epoch's validation or None when the run stopped before it)."""
-    cfg = setup.cfg
+    budget = setup.budget
     train_time, train_images, last_val = 0.0, 0, None
+    epoch = position["epoch"]
     with GracefulStop() as stop:
         try:
-            for epoch in range(position["epoch"] + 1, cfg.epochs + 1):
+            while epoch < setup.epochs:  # a time budget's plan may change setup.epochs
+                epoch += 1
                 if setup.early_stop is not None and setup.early_stop.stopped:
                     break  # resumed after the stop (killed before the end): finish the run
                 _start_epoch(setup, epoch)
@@ -169,26 +178,30 @@ def _train_epochs(
                     train_images += stats["num_images"]
                     if not stats["complete"]:  # Ctrl-C inside the epoch
                         _save_interrupted(setup, folder, epoch, stats)
+                    if budget is not None:  # re-plan from this epoch's rate
+                        budget.end_epoch_training(epoch)
                     val = _validate(setup, epoch)
-                    last_val = val if epoch == cfg.epochs else None
+                    last_val = val if epoch == setup.epochs else None
                 setup.schedule.epoch_end(val["top1"] if val else None)
                 elapsed = time.perf_counter() - t_start
                 if setup.dist.is_main:  # with or without the bar: a log keeps every number
-                    say(_epoch_line(cfg, epoch, stats, val, elapsed))
+                    say(_epoch_line(setup, epoch, stats, val, elapsed))
                 if not setup.weights_finite():  # never write NaN weights
                     raise _diverged(setup, folder, f"after epoch {epoch}")
-                row = _metrics_row(epoch, stats, val, lr, elapsed)
+                row = _metrics_row(epoch, stats, val, lr, elapsed, budget)
                 # before the checkpoint, which then holds the decision; every rank decides
                 # alike (validation top-1 is reduced over all ranks)
                 stop_early = setup.early_stop is not None and setup.early_stop.update(
                     epoch, record_top1(row)
                 )
                 folder.end_epoch(row)
+                if budget is not None:  # what validation and the files cost
+                    budget.end_epoch(val)
                 if stop_early:
                     if setup.dist.is_main:
                         say(setup.early_stop.reason())
                     break
-                if stop.requested and epoch < cfg.epochs:  # Ctrl-C during validation or saving
+                if stop.requested and epoch < setup.epochs:  # Ctrl-C in validation or saving
                     raise _stopped(folder, f"interrupted after epoch {epoch}")
         except Diverged as e:
             last = folder.paths["last"]
@@ -203,6 +216,8 @@ def _train_epochs(
 def _start_epoch(setup: TrainingSetup, epoch: int) -> None:
     """The epoch's data order, the fault hook of the tests, unfreezing after N epochs."""
     cfg, dist = setup.cfg, setup.dist
+    if setup.budget is not None:
+        setup.budget.start_epoch(epoch)
     setup.train_loader.set_epoch(epoch)  # the epoch's order: same on every resume
     fault_point(dist, epoch)  # test hook: ALEXNET_FAULT_RANK (tests only)
     if cfg.unfreeze_after is None or epoch <= cfg.unfreeze_after or not is_frozen(setup.model):
@@ -215,11 +230,21 @@ def _start_epoch(setup: TrainingSetup, epoch: int) -> None:
 
 
 def _epoch_bar(setup: TrainingSetup, epoch: int, initial: int):
-    """A bar on a terminal only (a log gets the epoch line, no \\r frames)."""
+    """A bar on a terminal only (a log gets the epoch line, no \\r frames); with a time
+    budget it shows the planned epochs and the time left."""
+    total, desc, budget = setup.steps_per_epoch, f"epoch {epoch}/{setup.epochs}", setup.budget
+    if budget is not None:
+        desc = f"epoch {epoch}" + (
+            f"/~{budget.planned_epochs:.1f}" if budget.total is not None else ""
+        )
+        desc += f" ({clock(budget.left())} left)"
+        if budget.total is not None:  # the last epoch may be partial
+            left = (budget.total - setup.schedule.step_count) * setup.cfg.accumulate
+            total = max(initial + 1, min(total, initial + left))
     return progress_bar(
-        total=setup.steps_per_epoch,
+        total=total,
         initial=initial,
-        desc=f"epoch {epoch}/{setup.cfg.epochs}",
+        desc=desc,
         unit="batch",
         enabled=setup.cfg.progress and setup.dist.is_main,
         numbers_first=True,
@@ -229,15 +254,21 @@ def _epoch_bar(setup: TrainingSetup, epoch: int, initial: int):
 def _train_epoch(
     setup: TrainingSetup, epoch: int, position: dict[str, Any], stop: GracefulStop, bar
 ) -> dict[str, Any]:
+    """One epoch; with a time budget it times the steps (its first plan) and ends the last
+    epoch at the planned step."""
+    options, budget = setup.step_options, setup.budget
+    if budget is not None:
+        options = replace(options, on_step=budget.on_step)
     return train_one_epoch(
         setup.step_model,
         setup.train_loader,
         setup.optimizer,
-        setup.step_options,
+        options,
         epoch=epoch,
         start_step=position["step"],
         totals=position["totals"],
         should_stop=stop,
+        end_early=budget.done if budget is not None else None,
         bar=bar,
     )
 
@@ -255,28 +286,32 @@ def _save_interrupted(
 def _validate(setup: TrainingSetup, epoch: int) -> dict[str, Any] | None:
     """Validation metrics every ``eval_every`` epochs and after the last (else None); with
     ``--ema`` the moving average's under ``"ema"``."""
+    last = epoch == setup.epochs
     # DDP leaves BatchNorm statistics as each rank's last update: take rank 0's,
     # so every rank validates (and rank 0 saves) one and the same model
     setup.dist.sync_buffers(setup.model)
     if setup.ema is not None:
         setup.dist.sync_buffers(setup.ema.module)
-    if epoch % setup.cfg.eval_every == 0 or epoch == setup.cfg.epochs:
+    if epoch % setup.cfg.eval_every == 0 or last:
         # the last epoch's keeps the report's worst images too: finish() can then reuse it
-        val = setup.evaluate(
-            setup.val_loader, worst=REPORT_WORST if epoch == setup.cfg.epochs else 0
-        )
+        val = setup.evaluate(setup.val_loader, worst=REPORT_WORST if last else 0)
         if setup.ema is not None:
             val["ema"] = setup.evaluate(setup.val_loader, model=setup.ema.module)
         return val
     return None
 
 
-def _epoch_line(cfg: TrainConfig, epoch: int, stats, val, elapsed: float) -> str:
+def _epoch_line(setup: TrainingSetup, epoch: int, stats, val, elapsed: float) -> str:
+    left = f"  {clock(setup.budget.left())} left" if setup.budget is not None else ""
+    return _epoch_numbers(setup.epochs, epoch, stats, val, elapsed) + left
+
+
+def _epoch_numbers(epochs: int, epoch: int, stats, val, elapsed: float) -> str:
     if val is not None and "ema" in val:  # the moving average's top-1 next to the raw one
         return (
             epoch_line(
                 epoch,
-                cfg.epochs,
+                epochs,
                 loss=stats["loss"],
                 acc=stats["top1"],
                 val_top1=val["top1"],
@@ -287,7 +322,7 @@ def _epoch_line(cfg: TrainConfig, epoch: int, stats, val, elapsed: float) -> str
         )
     return epoch_line(
         epoch,
-        cfg.epochs,
+        epochs,
         loss=stats["loss"],
         acc=stats["top1"],
         val_top1=val["top1"] if val else None,
@@ -298,8 +333,16 @@ def _epoch_line(cfg: TrainConfig, epoch: int, stats, val, elapsed: float) -> str
     )
 
 
-def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float) -> dict[str, Any]:
-    """The epoch's row of metrics.csv (and of every checkpoint's history)."""
+def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float, budget) -> dict[str, Any]:
+    """The epoch's row of metrics.csv (and of every checkpoint's history); with a time
+    budget, the plan as this epoch's end left it and the seconds left."""
+    plan = dict.fromkeys(("planned_steps", "planned_epochs", "time_left"))
+    if budget is not None and budget.total is not None:
+        plan = {
+            "planned_steps": budget.total,
+            "planned_epochs": budget.planned_epochs,
+            "time_left": budget.left(),
+        }
     return {
         "epoch": epoch,
         "train_loss": stats["loss"],
@@ -314,6 +357,7 @@ def _metrics_row(epoch: int, stats, val, lr: float, elapsed: float) -> dict[str,
         # time to accuracy: with val_top1, the curve `bench time-to-accuracy` reads
         # (a resumed run counts from its resume)
         "elapsed": elapsed,
+        **plan,
     }
 
 

@@ -230,7 +230,7 @@ class RunFolder:
         save_checkpoint(self.paths["last"], state, keep_previous=True)
         if improved:
             save_checkpoint(self.paths["best"], state)
-        last = row["epoch"] == self.cfg.epochs
+        last = row["epoch"] == self.setup.epochs
         if self.cfg.plots and (time.perf_counter() - self._last_plot > PLOT_EVERY_S or last):
             plots.plot_curves(self.history, self.path / "plots")
             self._last_plot = time.perf_counter()

@@ -173,6 +173,9 @@ class TrainingSetup:
             )
         self.cfg, self.dist = cfg, dist
         self.batch_note: str | None = None  # what the start of the run says of the batch
+        # epochs to run: the config's, or the time budget's plan (which sets it and `budget`)
+        self.epochs = cfg.epochs
+        self.budget: Any | None = None
         self._set_runtime()
         self._build_data()
         self._fit_batch(fit_batch)
@@ -368,8 +371,7 @@ class TrainingSetup:
             tta=self.cfg.tta,
             crop_size=self.image_size,
             channels_last=self.channels_last,
-            dist=self.dist,
-            **kw,
+            **{"dist": self.dist, **kw},
         )
 
     def weights_finite(self) -> bool:
@@ -377,12 +379,15 @@ class TrainingSetup:
 
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint holds besides the model, optimiser and schedule: the EMA's
-        weights and the early-stopping state (only the keys of features that are on)."""
+        weights, the early-stopping state, the time budget (only the keys of features that
+        are on)."""
         out: dict[str, Any] = {}
         if self.ema is not None:
             out["ema"] = self.ema.state_dict()
         if self.early_stop is not None:
             out["early_stop"] = self.early_stop.state_dict()
+        if self.budget is not None:
+            out["time_budget"] = self.budget.state_dict()
         return out
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
@@ -397,3 +402,5 @@ class TrainingSetup:
             self.ema.load_state_dict(state["ema"])  # KeyError: not a checkpoint of this run
         if self.early_stop is not None:
             self.early_stop.load_state_dict(state["early_stop"])
+        if self.budget is not None:
+            self.budget.load_state_dict(state["time_budget"])  # KeyError: not a budget run's

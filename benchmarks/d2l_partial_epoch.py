@@ -19,8 +19,8 @@ import time
 import torch
 
 from alexnet.training.config import resolve_config
-from alexnet.training.engine import train_one_epoch
 from alexnet.training.distributed import session
+from alexnet.training.engine import train_one_epoch
 from alexnet.training.setup import TrainingSetup
 
 

@@ -69,6 +69,10 @@ def test_eval_and_the_report_name_the_ten_classes(fashion_run, capsys, tmp_path)
     res = json.loads(p.stdout)
     assert res["num_images"] == 20 and list(res["per_class"]) == CLASSES
     assert (tmp_path / "worst.png").stat().st_size > 0
+    # --data alone means an image folder: the error says how to name the model's own dataset
+    p = here(capsys, "eval", "--checkpoint", model, "--data", root)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "trained on fashion-mnist: add --dataset fashion-mnist" in p.stderr
     report = (run / "report.html").read_text()
     assert 'id="worst"' in report
     for name in CLASSES:  # the per-class table and most-confused pairs name them

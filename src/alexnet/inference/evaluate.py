@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from alexnet.data.pipeline import build_pipeline
-from alexnet.errors import UserError
+from alexnet.errors import DataError, UserError
 from alexnet.inference.loading import load_model_file
 from alexnet.io.checkpoint import load_checkpoint
 from alexnet.progress import bar as progress_bar
@@ -69,22 +69,33 @@ def evaluate_model_file(
     amp_dtype = resolve_precision(precision, dev)
     model, meta = load_model_file(path, device=dev)
     trained_on = _trained_on(path, meta)
+    named_dataset = dataset
     dataset, data, same = _choose_data(path, trained_on, dataset, data, split, log)
-    pipe = build_pipeline(
-        dataset,
-        root=str(data) if data is not None else None,
-        download=download,
-        skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
-        **(_run_splits(trained_on) if same else {}),  # else the dataset's defaults
-        image_size=meta.image_size,
-        mean=meta.mean or [0.0],
-        std=meta.std or [1.0],
-        in_channels=meta.in_channels,
-        tta=tta,
-        batch_size=batch_size,
-        device=dev,
-        workers=workers,
-    )
+    try:
+        pipe = build_pipeline(
+            dataset,
+            root=str(data) if data is not None else None,
+            download=download,
+            skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
+            **(_run_splits(trained_on) if same else {}),  # else the dataset's defaults
+            image_size=meta.image_size,
+            mean=meta.mean or [0.0],
+            std=meta.std or [1.0],
+            in_channels=meta.in_channels,
+            tta=tta,
+            batch_size=batch_size,
+            device=dev,
+            workers=workers,
+        )
+    except DataError as e:
+        own = trained_on.get("dataset")
+        if named_dataset is None and dataset == "imagefolder" and own not in (None, dataset):
+            # --data alone means an image folder; the model's own dataset needs its name
+            raise DataError(
+                f"{e} (--data alone reads an image folder; {path.name} was trained on {own}: "
+                f"add --dataset {own} to evaluate on {own} in {data})"
+            ) from None
+        raise
     chosen = _split_to_evaluate(pipe, split, dataset, path, meta)
     res = _evaluate_split(
         model,

@@ -10,15 +10,14 @@ torchvision is replaced.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
+from fashion_files import write_fashion_mnist
 from PIL import Image
 from reliability_utils import read_for_training
 
@@ -201,34 +200,10 @@ def test_missing_cifar10_says_where_and_how(tmp_path):
 # ----------------------------------------------------------------------- fashion-mnist
 
 
-def _idx(array: np.ndarray) -> bytes:
-    # IDX: magic 0x0000 0x08 (ubyte) ndim, then big-endian int32 dims, then the bytes
-    head = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return head + array.astype(np.uint8).tobytes()
-
-
-def _write_fashion(root, packed: bool):
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    sets = {}
-    for prefix, n in (("train", 20), ("t10k", 8)):
-        x = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        y = (np.arange(n) % 10).astype(np.uint8)
-        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
-            name = f"{prefix}-{kind}-ubyte"
-            if packed:
-                with gzip.open(raw / f"{name}.gz", "wb") as f:
-                    f.write(_idx(arr))
-            else:
-                (raw / name).write_bytes(_idx(arr))
-        sets[prefix] = (x, y)
-    return sets
-
-
 @pytest.mark.parametrize("packed", [False, True])
 def test_fashion_mnist_reads_idx_files(tmp_path, packed):
     root = tmp_path / "data"
-    sets = _write_fashion(root, packed)
+    sets = write_fashion_mnist(root, packed)
     b = load_data("fashion-mnist", root=str(root), val_fraction=0.5)
     assert b.classes[0] == "T-shirt/top" and b.classes[9] == "Ankle boot"
     assert b.in_channels == 1 and b.load_size == 28

@@ -20,6 +20,7 @@ from alexnet.training.config import (
 
 RECIPES = [
     "cifar10-fast",
+    "fashion-mnist-fast",
     "digits",
     "paper-imagenet",
     "cifar10-tutorial-batch4",

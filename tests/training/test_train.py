@@ -379,3 +379,23 @@ def test_default_command_trains_digits_to_95_percent(tmp_path):
     assert result["test"]["top1"] >= 95.0, result
     assert result["test"]["num_images"] > 300
     print(f"default digits run: test top-1 {result['test']['top1']:.2f}% in {wall:.1f}s")
+
+
+def test_fashion_mnist_fast_recipe_trains_its_one_channel_net_on_idx_files(tmp_path, monkeypatch):
+    from fashion_files import write_fashion_mnist
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    write_fashion_mnist(tmp_path / "data", packed=True, counts=(("train", 40), ("t10k", 10)))
+    with torch_globals():
+        r = alexnet.train(
+            recipe="fashion-mnist-fast", data=str(tmp_path / "data"), epochs=1,
+            warmup_epochs=0.5, eval_every=1, batch_size=8, val_fraction=0.25, threads=1,
+            device="cpu", progress=False, run_dir=str(tmp_path / "runs"), name="fm",
+        )  # fmt: skip
+    cfg = r.config
+    assert cfg.image_size == 28 and cfg.tta == "mirror-translate" and cfg.whiten and cfg.dirac
+    assert not {"vflip", "rotate"} & {op.split(":")[0] for op in cfg.augment}  # clothes have an up
+    conv1 = r.model.conv1[0]
+    assert conv1.in_channels == 1 and not conv1.weight.requires_grad  # the frozen whitening
+    assert r.test["num_images"] == 10 and math.isfinite(r.test["loss"])
+    assert (r.run_dir / "model.safetensors").is_file()

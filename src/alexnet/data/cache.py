@@ -2,7 +2,9 @@
 
 The cache stores a decoded split as one ``torch.save`` file that ``torch.load(weights_only=
 True)`` reads back; its name is keyed by dataset, root, split, size and a fingerprint of the
-source files (names, sizes, mtimes), so editing the folder invalidates it.
+source files (names, sizes, mtimes), so editing the folder invalidates it. Beside the decoded
+splits, ``unpacked/`` holds source files a dataset had to unpack and could not unpack next to
+their archives (a read-only data folder): see :meth:`TensorCache.unpack_dir`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ class TensorCache:
     """One decoded split per file under ``<cache_dir>/datasets``; atomic writes, safe loads."""
 
     def __init__(self, cache_dir: str | os.PathLike | None):
-        self.dir = (Path(cache_dir) if cache_dir else default_cache_dir()) / "datasets"
+        self.base = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.dir = self.base / "datasets"
+
+    def unpack_dir(self, dataset: str, folder: str | os.PathLike) -> Path:
+        """Where ``dataset``'s archives in the read-only ``folder`` are unpacked: one folder
+        per source folder, ``<cache>/unpacked/<dataset>-<hash of the folder's path>``."""
+        digest = hashlib.sha256(os.fspath(Path(folder).resolve()).encode()).hexdigest()[:12]
+        return self.base / "unpacked" / f"{dataset}-{digest}"
 
     def _path(self, key: dict) -> tuple[Path, str]:
         slot = {k: key[k] for k in ("dataset", "root", "split", "load_size", "version")}

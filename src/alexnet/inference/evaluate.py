@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from alexnet.data.pipeline import build_pipeline
-from alexnet.errors import UserError
+from alexnet.errors import DataError, UserError
 from alexnet.inference.loading import load_model_file, model_path
 from alexnet.io.checkpoint import load_checkpoint
 from alexnet.io.model_file import class_labels
@@ -78,6 +78,7 @@ def evaluate_model_file(
     model, meta = load_model_file(path, device=dev)
     trained_on = _trained_on(path, meta)
     given = dataset is not None or data is not None
+    named_dataset = dataset
     dataset, data, how = _choose_data(path, trained_on, dataset, data, split)
     splits: dict[str, Any] = {}
     if how == "folder":  # the folder is the split to score
@@ -86,21 +87,31 @@ def evaluate_model_file(
         splits = _run_splits(trained_on)
     if how != "named" and trained_on.get("dataset") == dataset:
         splits["load_size"] = trained_on.get("load_size")
-    pipe = build_pipeline(
-        dataset,
-        root=str(data) if data is not None else None,
-        download=download,
-        skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
-        **splits,
-        image_size=meta.image_size,
-        mean=meta.mean or [0.0],
-        std=meta.std or [1.0],
-        in_channels=meta.in_channels,
-        tta=tta,
-        batch_size=batch_size,
-        device=dev,
-        workers=workers,
-    )
+    try:
+        pipe = build_pipeline(
+            dataset,
+            root=str(data) if data is not None else None,
+            download=download,
+            skip_bad_images=bool(trained_on.get("skip_bad_images", False)),
+            **splits,
+            image_size=meta.image_size,
+            mean=meta.mean or [0.0],
+            std=meta.std or [1.0],
+            in_channels=meta.in_channels,
+            tta=tta,
+            batch_size=batch_size,
+            device=dev,
+            workers=workers,
+        )
+    except DataError as e:
+        own = trained_on.get("dataset")
+        if named_dataset is None and dataset == "imagefolder" and own not in (None, dataset):
+            # --data alone means an image folder; the model's own dataset needs its name
+            raise DataError(
+                f"{e} (--data alone reads an image folder; {path.name} was trained on {own}: "
+                f"add --dataset {own} to evaluate on {own} in {data})"
+            ) from None
+        raise
     _check_classes(pipe.classes, meta, path, data if how == "folder" else dataset)
     split, chosen, note = _split_to_evaluate(pipe, split, dataset, how)
     if log is not None and (note or not given):

@@ -3,7 +3,7 @@
 #
 #   1. install alexnet from a wheel built beforehand (no build on the GPU machine's clock)
 #   2. the device-independent training and evaluation tests on --device cuda
-#      (ALEXNET_TEST_DEVICE=cuda, honoured by tests/conftest.py)
+#      (ALEXNET_TEST_DEVICE=cuda, honoured through tests/devices.py)
 #   3. alexnet train --recipe cifar10-fast --time 60s --device cuda: top-1 and images/s
 #   4. alexnet bench inference and alexnet bench train on cuda
 #   5. (optional, --fashion-mnist ROOT) the d2l chapter's Fashion-MNIST recipe, 10 epochs

@@ -11,10 +11,6 @@ from torch import nn
 
 from alexnet.models.registry import get_model
 
-# The device of the device-independent training and evaluation tests: the CPU, or what
-# ALEXNET_TEST_DEVICE names (benchmarks/gpu_check.sh runs them with cuda).
-TEST_DEVICE = os.environ.get("ALEXNET_TEST_DEVICE", "cpu")
-
 # Small enough that a training step takes milliseconds (see COMMON.md).
 TINY_CIFAR_KWARGS = {"widths": (8, 8, 16, 16, 16), "hidden": 32}
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TEST_DEVICE
+from devices import TEST_DEVICE
 
 import alexnet
 from alexnet.cli import main

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TEST_DEVICE
+from devices import TEST_DEVICE
 from PIL import Image
 from reliability_utils import run_main, torch_globals
 

@@ -251,7 +251,7 @@ def print_summary(setup: TrainingSetup, folder: RunFolder, test, used, wall, ips
             f"  test top-1      {test['top1']:6.2f}%{_top5(test['top5'])}  "
             f"({test['num_images']} images, {used} weights)"
         )
-    m, s = divmod(wall, 60)
+    m, s = divmod(round(wall, 1), 60)  # rounded first: 599.96 s is 10m00.0s, not 9m60.0s
     lines.append(f"  wall time       {int(m)}m{s:04.1f}s   training speed {ips:.0f} images/s")
     budget = setup.budget
     if budget is not None:  # the whole command, earlier sessions of a resumed run included

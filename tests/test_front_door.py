@@ -3,6 +3,7 @@ model, threads, a kill at the start, defaults, the notebook API, messages and na
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +30,32 @@ FAST = dict(
 )
 
 
-def photos(root: Path, n: int = 8) -> Path:
+def photos(root: Path, n: int = 8, classes=("cat", "dog")) -> Path:
     """A folder of photos as a practitioner has them: ROOT/<class>/<image>.jpg."""
     rng = np.random.default_rng(0)
-    for k, name in enumerate(("cat", "dog")):
+    for k, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img = rng.integers(0, 80, (24, 24, 3)) + 150 * k
+            img = rng.integers(0, 80, (24, 24, 3)) + 150 * (k % 2)
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.jpg")
     return root
+
+
+def train_on_photos(root: Path, n: int, **overrides):
+    """A tiny run on ``photos(root / "imgs", n)`` named "pets", with its own dataset cache."""
+    old = os.environ.get("ALEXNET_CACHE")
+    os.environ["ALEXNET_CACHE"] = str(root / "cache")
+    try:
+        return alexnet.train(
+            data=str(photos(root / "imgs", n=n)),
+            run_dir=str(root / "runs"),
+            name="pets",
+            model_kwargs=TINY_MODEL,
+            **{**FAST, **overrides},
+        )
+    finally:
+        if old is not None:
+            os.environ["ALEXNET_CACHE"] = old
 
 
 def error_line(capsys) -> str:
@@ -204,23 +222,7 @@ def test_a_run_refused_for_a_bad_setting_leaves_no_folder(tmp_path, cache):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("front")
-    import os
-
-    old = os.environ.get("ALEXNET_CACHE")
-    os.environ["ALEXNET_CACHE"] = str(root / "cache")
-    try:
-        result = alexnet.train(
-            data=str(photos(root / "imgs", n=6)),
-            run_dir=str(root / "runs"),
-            name="pets",
-            model_kwargs=TINY_MODEL,
-            **{**FAST, "plots": True},
-        )
-    finally:
-        if old is not None:
-            os.environ["ALEXNET_CACHE"] = old
-    return result
+    return train_on_photos(tmp_path_factory.mktemp("front"), 6, plots=True)
 
 
 def test_export_without_output_writes_next_to_the_model(small_run, capsys):

@@ -5,37 +5,13 @@ hints, a small folder's batch size, and top-k only where k is below the number o
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+from test_front_door import FAST, TINY_MODEL, photos, train_on_photos  # noqa: E402
 
 import alexnet
 from alexnet.cli import main
-
-TINY_MODEL = {"widths": [8, 8, 16, 16, 16], "hidden": 32}
-FAST = dict(
-    epochs=1,
-    batch_size=8,
-    workers=0,
-    device="cpu",
-    progress=False,
-    tensorboard=False,
-    plots=False,
-)
-
-
-def photos(root: Path, n: int = 8, classes=("cat", "dog")) -> Path:
-    """ROOT/<class>/<image>.jpg, the first layout README shows."""
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img = rng.integers(0, 80, (24, 24, 3)) + 150 * (k % 2)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.jpg")
-    return root
 
 
 def error_line(capsys) -> str:
@@ -47,21 +23,7 @@ def error_line(capsys) -> str:
 @pytest.fixture(scope="module")
 def pets(tmp_path_factory):
     """A model trained on a flat folder of 2 x 10 photos (no test/): 10% held out."""
-    root = tmp_path_factory.mktemp("pets")
-    old = os.environ.get("ALEXNET_CACHE")
-    os.environ["ALEXNET_CACHE"] = str(root / "cache")
-    try:
-        result = alexnet.train(
-            data=str(photos(root / "imgs", n=10)),
-            run_dir=str(root / "runs"),
-            name="pets",
-            model_kwargs=TINY_MODEL,
-            **FAST,
-        )
-    finally:
-        if old is not None:
-            os.environ["ALEXNET_CACHE"] = old
-    return result
+    return train_on_photos(tmp_path_factory.mktemp("pets"), 10)
 
 
 # ------------------------------------------------- 1. a labelled folder, evaluated on its own

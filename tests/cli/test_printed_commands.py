@@ -10,9 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from test_front_door import photos
 
 from alexnet.cli import build_parser, main
 
@@ -30,16 +29,6 @@ def printed_commands(text: str) -> list[str]:
         if m and not m.group(1).split()[1].endswith(":"):
             found.append(m.group(1))
     return found
-
-
-def photos(root: Path, n: int) -> Path:
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(("cat", "dog")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img = rng.integers(0, 80, (24, 24, 3)) + 150 * k
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.jpg")
-    return root
 
 
 def run(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
